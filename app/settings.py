@@ -1,0 +1,69 @@
+"""The one settings class of the service: every knob, overridable by `SAMKV_*` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+METHODS = ("full", "naive", "cacheblend", "epic", "snapkv", "samkv")
+
+
+class Settings(BaseSettings):
+    """Service settings. Environment variables use the `SAMKV_` prefix (`REDIS_URL` is also read)."""
+
+    model_config = SettingsConfigDict(env_prefix="SAMKV_", extra="ignore")
+
+    # Storage locations
+    data_dir: Path = Field(Path("./data"), description="Index, document store and disk KV tier.")
+    cache_dir: Path = Field(
+        Path("~/.cache/samkv-rag"), description="Converted models, shared by every data dir."
+    )
+
+    # Models and runtime
+    model: str = Field("", description="Empty for the embedded model, else a local checkpoint path.")
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
+    dtype: str = Field("auto", description="auto, float32, bfloat16 or float16.")
+    embedding_model: str = Field(
+        "", description="Empty for the embedded all-MiniLM-L6-v2, else a local model path."
+    )
+
+    # Generation defaults (per request overridable)
+    method: str = Field("samkv", description="Default reuse method of a query.")
+    keep_ratio: float = Field(0.15, gt=0.0, le=1.0)
+    top_k: int = Field(8, ge=1, le=64)
+    max_new_tokens: int = Field(64, ge=1, le=2048)
+    chunk_tokens: int = Field(256, ge=16, le=4096, description="Chunk size in model tokens.")
+    chunk_overlap: int = Field(0, ge=0, le=1024)
+
+    # KV store
+    redis_url: str = Field(
+        "", validation_alias=AliasChoices("SAMKV_REDIS_URL", "REDIS_URL", "redis_url")
+    )
+    redis_ttl_s: int = Field(7 * 24 * 3600, ge=1)
+    memory_tier_bytes: int = Field(512 * 1024**2, ge=0)
+    kv_storage_dtype: str = Field("float16", description="float16, bfloat16 or int8.")
+
+    # Service
+    api_keys: str = Field("", description="Comma-separated API keys; empty disables auth.")
+    max_concurrent_generations: int = Field(2, ge=1, le=64)
+    max_queued_generations: int = Field(32, ge=0, le=10_000)
+    max_question_chars: int = Field(4000, ge=1)
+    max_request_bytes: int = Field(20 * 1024**2, ge=1024)
+    max_documents_per_request: int = Field(256, ge=1)
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, value: str) -> str:
+        if value not in METHODS:
+            raise ValueError(f"unknown method {value!r}; expected one of {', '.join(METHODS)}")
+        return value
+
+    @property
+    def api_key_list(self) -> list[str]:
+        return [key.strip() for key in self.api_keys.split(",") if key.strip()]
+
+    @property
+    def resolved_cache_dir(self) -> Path:
+        return self.cache_dir.expanduser()
