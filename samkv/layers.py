@@ -1,0 +1,117 @@
+"""The model's layers driven one at a time: projections, rotary embedding, attention, MLP.
+
+The Hugging Face modules are used for their weights (projections, norms, MLP, rotary
+embedding); the layer loop and the attention masks belong to the engine, so stored and
+recomputed KV can be mixed per token and one layer can be processed at a time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from transformers import PreTrainedModel
+
+# Rows of queries per attention call: bounds the mask and score memory on long contexts.
+QUERY_CHUNK = 4096
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The sizes the engine needs to lay out tensors."""
+
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    hidden_size: int
+    vocab_size: int
+    max_positions: int
+
+
+class ModelOps:
+    """Per-layer operations over a Llama / Mistral / Qwen2 causal LM."""
+
+    def __init__(self, model: PreTrainedModel) -> None:
+        self.model = model
+        self.decoder = model.model
+        config = model.config
+        num_heads = config.num_attention_heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // num_heads
+        self.shape = ModelShape(
+            num_layers=config.num_hidden_layers,
+            num_heads=num_heads,
+            num_kv_heads=getattr(config, "num_key_value_heads", None) or num_heads,
+            head_dim=head_dim,
+            hidden_size=config.hidden_size,
+            vocab_size=config.vocab_size,
+            max_positions=config.max_position_embeddings,
+        )
+        self.scale = head_dim**-0.5
+        self.device = next(model.parameters()).device
+        self.dtype = next(model.parameters()).dtype
+
+    def embed(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """[T] ids -> [T, hidden]."""
+        return self.decoder.embed_tokens(token_ids.to(self.device))
+
+    def rotary(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin of the model's own rotary embedding (scaled variants included): [T, head_dim] each."""
+        probe = torch.empty(0, dtype=self.dtype, device=self.device)
+        cos, sin = self.decoder.rotary_emb(probe, positions.to(self.device)[None])
+        return cos[0], sin[0]
+
+    def rope(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Rotates x [heads, T, head_dim] to the absolute positions [T]."""
+        cos, sin = self.rotary(positions)
+        half = x.shape[-1] // 2
+        rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+        return x * cos + rotated * sin
+
+    def qkv(self, layer: int, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries [H, T, d], keys [KVH, T, d] (both before RoPE) and values [KVH, T, d] of a layer."""
+        block = self.decoder.layers[layer]
+        attn = block.self_attn
+        x = block.input_layernorm(hidden)  # [T, hidden]
+        tokens = x.shape[0]
+        shape = self.shape
+        q = attn.q_proj(x).view(tokens, shape.num_heads, shape.head_dim).transpose(0, 1)
+        k = attn.k_proj(x).view(tokens, shape.num_kv_heads, shape.head_dim).transpose(0, 1)
+        v = attn.v_proj(x).view(tokens, shape.num_kv_heads, shape.head_dim).transpose(0, 1)
+        return q, k, v
+
+    def attend(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Attention of q [H, T, d] over k, v [KVH, S, d] with a boolean mask [T, S] (True = may attend).
+
+        Returns the per-token attention output [T, H * d], before the output projection.
+        """
+        outputs = []
+        for start in range(0, q.shape[1], QUERY_CHUNK):
+            rows = slice(start, start + QUERY_CHUNK)
+            chunk_mask = None if mask is None else mask[rows]
+            out = F.scaled_dot_product_attention(
+                q[None, :, rows], k[None], v[None], attn_mask=chunk_mask, enable_gqa=True
+            )  # [1, H, t, d]
+            outputs.append(out[0].transpose(0, 1).reshape(out.shape[2], -1))
+        return torch.cat(outputs, dim=0)
+
+    def attention_probs(self, q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Explicit softmax attention weights [H, T, S] of q [H, T, d] over k [KVH, S, d], in float32."""
+        group = self.shape.num_heads // self.shape.num_kv_heads
+        keys = k.repeat_interleave(group, dim=0).float()  # [H, S, d]
+        scores = torch.matmul(q.float(), keys.transpose(1, 2)) * self.scale  # [H, T, S]
+        scores = scores.masked_fill(~mask, float("-inf"))
+        return torch.softmax(scores, dim=-1)
+
+    def finish(self, layer: int, hidden: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:
+        """Output projection, residuals and MLP: the layer's output hidden states [T, hidden]."""
+        block = self.decoder.layers[layer]
+        hidden = hidden + block.self_attn.o_proj(attn_out)
+        return hidden + block.mlp(block.post_attention_layernorm(hidden))
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Final norm and LM head: [T, hidden] -> [T, vocab] in float32."""
+        return self.model.lm_head(self.decoder.norm(hidden)).float()

@@ -1,0 +1,112 @@
+"""The probe: how much the question (and a neutral question) attend to each stored context token.
+
+The probe tokens are prefilled layer by layer over the aligned, not yet recomputed KV of
+[P ; D_1 … D_n]. Both probes run in one pass, side by side at the same positions, each blind
+to the other. The same pass scores every context token by the other contexts' summary queries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from samkv.assembly import align_layer
+from samkv.cache import KVCache, KVMeter
+from samkv.document import DocumentSource
+from samkv.layers import ModelOps
+from samkv.layout import Layout
+
+
+@dataclass(frozen=True)
+class ProbeScores:
+    """Per context token [N], each averaged over the probed layers, heads and probe tokens."""
+
+    question: torch.Tensor  # attention share, one softmax over all contexts together
+    neutral: torch.Tensor  # the same for the neutral probe
+    question_local: torch.Tensor  # attention share normalised within each context
+    complement: torch.Tensor  # attention of the *other* contexts' summary queries
+
+
+def _summary_attention(
+    ops: ModelOps, layout: Layout, keys: torch.Tensor, summaries: list[torch.Tensor]
+) -> torch.Tensor:
+    """[N]: mean over the other documents of their summary queries' attention on each token.
+
+    keys [KVH, P + N, d] are aligned; summaries[i] [H, w_i, d] are document i's last-token
+    queries before RoPE. Each document's queries attend over the tokens of all *other* documents.
+    """
+    n, N = layout.num_docs, layout.context_len
+    if n < 2:
+        return torch.zeros(N)
+    owner = torch.repeat_interleave(torch.arange(n), torch.tensor([s.shape[1] for s in summaries]))
+    ends = layout.offsets + torch.tensor(layout.lengths)
+    rows_pos = torch.cat(
+        [layout.prefix_len + torch.arange(int(e) - s.shape[1], int(e)) for e, s in zip(ends, summaries)]
+    )
+    queries = torch.cat([s.to(ops.device, ops.dtype) for s in summaries], dim=1)  # [H, W, d]
+    queries = ops.rope(queries, rows_pos)
+    context_keys = keys[:, layout.prefix_len : layout.prefix_len + N]
+    other = (layout.doc_of[None, :] != owner[:, None]).to(ops.device)  # [W, N]
+    probs = ops.attention_probs(queries, context_keys, other).mean(0)  # [W, N]
+    per_owner = torch.zeros(n, N, device=probs.device).index_add_(0, owner.to(probs.device), probs)
+    per_owner /= torch.bincount(owner, minlength=n).clamp_min(1).to(probs.device)[:, None]
+    return (per_owner.sum(0) / (n - 1)).cpu()
+
+
+@torch.inference_mode()
+def run_probe(
+    ops: ModelOps,
+    prefix: KVCache,
+    source: DocumentSource,
+    layout: Layout,
+    question_ids: torch.Tensor,
+    neutral_ids: torch.Tensor,
+    layers: range,
+    meter: KVMeter,
+    with_complement: bool,
+) -> ProbeScores:
+    """Runs both probes over the stored contexts and returns the scores averaged over `layers`."""
+    P, N = layout.prefix_len, layout.context_len
+    tq, tn = int(question_ids.shape[0]), int(neutral_ids.shape[0])
+    start = layout.question_start
+    ids = torch.cat([question_ids, neutral_ids])
+    positions = torch.cat([start + torch.arange(tq), start + torch.arange(tn)]).to(ops.device)
+    probe_of = torch.cat([torch.zeros(tq, dtype=torch.long), torch.ones(tn, dtype=torch.long)])
+    own = (probe_of[:, None] == probe_of[None, :]) & torch.ones(tq + tn, tq + tn, dtype=torch.bool).tril()
+    mask = torch.cat([torch.ones(tq + tn, P + N, dtype=torch.bool), own], dim=1).to(ops.device)
+    doc_of = layout.doc_of.to(ops.device)
+    totals = {name: torch.zeros(N, device=ops.device) for name in ("question", "neutral", "local")}
+    complement = torch.zeros(N)
+    group = ops.shape.num_heads // ops.shape.num_kv_heads
+    hidden = ops.embed(ids)
+    for layer in range(ops.shape.num_layers):
+        parts = source.read_layer(layer)
+        keys, values = align_layer(ops, prefix, parts, layout, layer, extra=tq + tn)
+        meter.hold(keys, values)
+        q, k, v = ops.qkv(layer, hidden)
+        keys[:, P + N :], values[:, P + N :] = ops.rope(k, positions), v
+        probs = ops.attention_probs(ops.rope(q, positions), keys, mask)  # [H, T, P+N+T]
+        if layer in layers and N:
+            context = probs[:, :, P : P + N]  # [H, T, N]
+            joint = (context / context.sum(-1, keepdim=True).clamp_min(1e-30)).mean(0)  # [T, N]
+            totals["question"] += joint[:tq].mean(0)
+            totals["neutral"] += joint[tq:].mean(0)
+            per_doc = torch.zeros(*context.shape[:2], layout.num_docs, device=ops.device)
+            per_doc.index_add_(2, doc_of, context)
+            local = context / per_doc[:, :, doc_of].clamp_min(1e-30)
+            totals["local"] += local[:, :tq].mean((0, 1))
+            if with_complement:
+                summaries = [part.summary_queries for part in parts]
+                complement += _summary_attention(ops, layout, keys, summaries)
+        out = torch.matmul(probs.to(ops.dtype), values.repeat_interleave(group, dim=0))  # [H, T, d]
+        hidden = ops.finish(layer, hidden, out.transpose(0, 1).reshape(tq + tn, -1))
+        meter.release(keys, values)
+    count = max(1, len([layer for layer in layers if layer < ops.shape.num_layers]))
+    return ProbeScores(
+        question=totals["question"].cpu() / count,
+        neutral=totals["neutral"].cpu() / count,
+        question_local=totals["local"].cpu() / count,
+        complement=complement / count,
+    )
+
