@@ -1,0 +1,172 @@
+"""Each tier on its own: the `Tier` contract, Redis layout and limits, disk atomicity."""
+
+from __future__ import annotations
+
+import errno
+import os
+
+import pytest
+import redis
+import torch
+from kvstore_testing import FINGERPRINT, make_doc, start_private_redis
+
+from kvstore import (
+    CorruptEntry,
+    DiskTier,
+    FingerprintMismatch,
+    MemoryTier,
+    RedisTier,
+    StoreWriteError,
+    Tier,
+    TierFull,
+    make_key,
+)
+from kvstore.serialization import encode, to_blob
+
+
+def stored_doc(seed: int, length: int = 24, **kwargs):
+    return encode(make_doc(seed, length, **kwargs))
+
+
+@pytest.fixture(params=["memory", "redis", "disk"])
+def tier(request, tmp_path) -> Tier:
+    if request.param == "memory":
+        return MemoryTier(10 * 2**20)
+    if request.param == "redis":
+        prefix = request.getfixturevalue("redis_prefix")
+        return RedisTier(request.getfixturevalue("shared_redis_url"), prefix=prefix, ttl_s=60)
+    return DiskTier(tmp_path)
+
+
+def test_tier_contract(tier):
+    assert isinstance(tier, Tier)
+    key = make_key(FINGERPRINT, "chunk one")
+    stored = stored_doc(1)
+    assert tier.get(key) is None and not tier.contains(key)
+    assert tier.read_header(key) is None and tier.read_layer(key, 0) is None
+    tier.put(key, stored)
+    assert tier.contains(key)
+    got = tier.get(key)
+    assert got.header == stored.header and torch.equal(got.token_ids, stored.token_ids)
+    header, token_ids = tier.read_header(key)
+    assert header == stored.header and torch.equal(token_ids, stored.token_ids)
+    for layer in range(stored.header.n_layers):
+        header, tensors = tier.read_layer(key, layer)
+        assert tensors.keys() == stored.layers[layer].keys()
+        for name, tensor in tensors.items():
+            assert torch.equal(tensor, stored.layers[layer][name]), (layer, name)
+    with pytest.raises(IndexError):
+        tier.read_layer(key, stored.header.n_layers)
+    assert tier.delete(key) and not tier.delete(key)
+    assert tier.get(key) is None
+
+
+def test_tier_refuses_another_models_copy_under_a_key(tier):
+    key = make_key(FINGERPRINT, "chunk")
+    tier.put(key, stored_doc(2, fingerprint="another-model"))
+    for read in (
+        lambda: tier.get(key),
+        lambda: tier.read_header(key),
+        lambda: tier.read_layer(key, 0),
+    ):
+        with pytest.raises(FingerprintMismatch):
+            read()
+
+
+def test_memory_tier_is_bounded_in_bytes_and_evicts_least_recently_used():
+    size = stored_doc(0).nbytes
+    tier = MemoryTier(3 * size)
+    keys = [make_key(FINGERPRINT, f"chunk {i}") for i in range(4)]
+    for key in keys[:3]:
+        tier.put(key, stored_doc(0))
+    tier.get(keys[0])  # now keys[1] is the least recently used
+    tier.put(keys[3], stored_doc(0))
+    assert [tier.contains(k) for k in keys] == [True, False, True, True]
+    assert tier.size_bytes == 3 * size
+    tier.put(make_key(FINGERPRINT, "huge"), stored_doc(0, length=1000))
+    assert tier.size_bytes == 3 * size and len(tier) == 3
+
+
+def test_redis_layout_is_one_hash_with_a_ttl(shared_redis_url, redis_prefix):
+    tier = RedisTier(shared_redis_url, prefix=redis_prefix, ttl_s=120)
+    key = make_key(FINGERPRINT, "chunk")
+    tier.put(key, stored_doc(3))
+    client = redis.Redis.from_url(shared_redis_url)
+    name = f"{redis_prefix}{key}"
+    assert client.type(name) == b"hash"
+    assert set(client.hkeys(name)) == {b"header"} | {f"layer.{i}".encode() for i in range(4)}
+    assert 0 < client.ttl(name) <= 120
+    client.close()
+
+
+def test_redis_layer_with_a_bad_field_is_corrupt(shared_redis_url, redis_prefix):
+    tier = RedisTier(shared_redis_url, prefix=redis_prefix, ttl_s=60)
+    key = make_key(FINGERPRINT, "chunk")
+    tier.put(key, stored_doc(4))
+    client = redis.Redis.from_url(shared_redis_url)
+    client.hset(f"{redis_prefix}{key}", "layer.1", client.hget(f"{redis_prefix}{key}", "layer.2"))
+    client.close()
+    tier.read_layer(key, 0)
+    with pytest.raises(CorruptEntry):
+        tier.read_layer(key, 1)
+    with pytest.raises(CorruptEntry):
+        tier.get(key)
+
+
+def test_redis_at_maxmemory_refuses_with_tier_full():
+    server = start_private_redis("--maxmemory", "2mb", "--maxmemory-policy", "noeviction")
+    try:
+        tier = RedisTier(server.url, ttl_s=60)
+        with pytest.raises(TierFull):
+            for i in range(20):
+                tier.put(make_key(FINGERPRINT, f"chunk {i}"), stored_doc(i, length=2000))
+    finally:
+        server.stop()
+
+
+def test_disk_layout(tmp_path):
+    tier = DiskTier(tmp_path)
+    key = make_key(FINGERPRINT, "chunk")
+    tier.put(key, stored_doc(5))
+    h = key.content_hash
+    assert tier.path(key) == tmp_path / "kv" / h[:2] / h[2:4] / f"{key}.safetensors"
+    assert tier.path(key).is_file()
+
+
+def test_disk_full_raises_a_typed_error_and_leaves_nothing_behind(tmp_path, monkeypatch):
+    tier = DiskTier(tmp_path)
+    key = make_key(FINGERPRINT, "chunk")
+    old = stored_doc(6)
+    tier.put(key, old)
+    real_write = os.write
+
+    def write_half_then_fail(fd, data):
+        if len(data) > 1:  # really write part of the blob, as a filling disk would
+            real_write(fd, bytes(data[: len(data) // 2]))
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", write_half_then_fail)
+    with pytest.raises(StoreWriteError, match="No space left on device.*free disk space"):
+        tier.put(key, stored_doc(7, length=500))
+    with pytest.raises(StoreWriteError):
+        tier.put(make_key(FINGERPRINT, "new chunk"), stored_doc(8))
+    monkeypatch.undo()
+
+    files = sorted(p.name for p in (tmp_path / "kv").rglob("*") if p.is_file())
+    assert files == [f"{key}.safetensors"]  # no temp file, no new file
+    assert tier.get(key).header == old.header  # the previous version is intact
+
+
+def test_disk_truncated_file_is_corrupt(tmp_path):
+    tier = DiskTier(tmp_path)
+    key = make_key(FINGERPRINT, "chunk")
+    blob = to_blob(stored_doc(9))
+    tier.path(key).parent.mkdir(parents=True)
+    tier.path(key).write_bytes(blob[:-10])
+    for read in (
+        lambda: tier.get(key),
+        lambda: tier.read_header(key),
+        lambda: tier.read_layer(key, 0),
+    ):
+        with pytest.raises(CorruptEntry):
+            read()

@@ -1,0 +1,57 @@
+"""Stored keys placed at any offset are the keys a full prefill computes there."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from samkv.assembly import align_layer
+from samkv.cache import KVMeter
+from samkv.forward import Recording, forward_tokens
+from samkv.layout import Layout
+from tests.conftest import DOCUMENTS
+
+
+def _full_prefill_keys(engine, docs):
+    """Per-layer rotated keys and values of a full prefill of [P ; D_1 … D_n]."""
+    ids = torch.cat([d.token_ids for d in docs])
+    cache = engine._new_cache(engine.prefix_len + ids.numel(), KVMeter())
+    for layer in range(engine.ops.shape.num_layers):
+        cache.write_layer(layer, 0, *engine.prefix.layer(layer))
+    cache.length = engine.prefix_len
+    record = Recording()
+    positions = engine.prefix_len + torch.arange(ids.numel())
+    forward_tokens(engine.ops, cache, ids, positions, record=record)
+    return cache, record
+
+
+@pytest.mark.parametrize("family", ["llama", "llama-scaled-rope", "qwen2"])
+def test_first_document_is_exact_at_every_layer(tiny_engine, family):
+    engine = tiny_engine(family)
+    docs = engine.encode_documents(DOCUMENTS[:3])
+    cache, _ = _full_prefill_keys(engine, docs)
+    layout = Layout.of(engine.prefix_len, [d.length for d in docs])
+    first = slice(engine.prefix_len, engine.prefix_len + docs[0].length)
+    for layer in range(engine.ops.shape.num_layers):
+        keys, values = align_layer(engine.ops, engine.prefix, [d.layer(layer) for d in docs], layout, layer)
+        full_keys, full_values = cache.layer(layer)
+        torch.testing.assert_close(keys[:, first], full_keys[:, first], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(values[:, first], full_values[:, first], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("family", ["llama", "llama-scaled-rope", "qwen2"])
+def test_later_documents_get_the_rotation_of_their_offset(tiny_engine, family):
+    """Before any attention (layer 0), a later document's keys depend only on its tokens and
+    positions, so aligned stored keys must equal the full prefill's keys exactly."""
+    engine = tiny_engine(family)
+    docs = engine.encode_documents(DOCUMENTS)
+    cache, _ = _full_prefill_keys(engine, docs)
+    layout = Layout.of(engine.prefix_len, [d.length for d in docs])
+    keys, values = align_layer(engine.ops, engine.prefix, [d.layer(0) for d in docs], layout, 0)
+    full_keys, full_values = cache.layer(0)
+    torch.testing.assert_close(keys, full_keys, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(values, full_values, atol=1e-5, rtol=1e-4)
+    # ... and a shift of one position would be caught.
+    shifted = engine.ops.rope(docs[-1].keys[0], torch.arange(docs[-1].length) + layout.question_start - docs[-1].length + 1)
+    last = slice(layout.question_start - docs[-1].length, layout.question_start)
+    assert (shifted - full_keys[:, last]).abs().max() > 1e-3
