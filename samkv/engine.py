@@ -63,7 +63,7 @@ class _Request:
 class _Built:
     cache: KVCache
     meter: KVMeter
-    kept: int
+    keep: torch.Tensor  # [K] context indices kept
     recomputed: int
     stats: dict[str, Any] = field(default_factory=dict)
 
@@ -115,9 +115,9 @@ class GenerationStream:
         self.stats = {
             "method": request.method.name,
             "context_tokens": request.layout.context_len,
-            "kept_tokens": built.kept,
+            "kept_tokens": int(built.keep.numel()),
             "recomputed_tokens": built.recomputed,
-            "keep_ratio": built.kept / request.layout.context_len if request.layout.context_len else 1.0,
+            "keep_ratio": built.keep.numel() / request.layout.context_len if request.layout.context_len else 1.0,
             "kv_bytes_decode": decode_bytes,
             "kv_bytes_peak": built.meter.peak,
             "ttft_ms": (first_token_at - started) * 1000,
@@ -296,7 +296,7 @@ class Engine:
             self.ops, self.prefix, request.source, request.layout, request.context_ids, plan, cache, meter
         )
         stats = {"select_ms": (planned - started) * 1000, "assemble_ms": (time.perf_counter() - planned) * 1000}
-        return _Built(cache, meter, int(plan.keep.numel()), recomputed, stats)
+        return _Built(cache, meter, plan.keep, recomputed, stats)
 
     def stream(
         self,

@@ -66,14 +66,14 @@ def distractor(rng: random.Random) -> str:
 @pytest.mark.slow
 def test_recall_at_5_on_single_fact_questions(open_service, count_tokens):
     rng = random.Random(20240611)
-    names = rng.sample([f"{f} {l}" for f in FIRST for l in LAST], 400)
+    names = rng.sample([f"{f} {l}" for f in FIRST for l in LAST], 270)
     paragraphs: list[str] = []
     questions: list[tuple[str, str]] = []  # (question, text of the chunk that answers it)
     for name in names:
         for fact in person_facts(name, rng):
             paragraphs.append(fact.text)
             questions.extend((q, fact.text) for q in fact.questions)
-    paragraphs.extend(distractor(rng) for _ in range(300))
+    paragraphs.extend(distractor(rng) for _ in range(250))
     rng.shuffle(paragraphs)
 
     # A chunk fits the longest paragraph but never two, so every paragraph is one chunk.

@@ -1,0 +1,126 @@
+"""SamKV: budget, floor and prefix; stored KV without recompute; the complementary term; peak KV."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from samkv.assembly import align_layer
+from samkv.layout import Layout
+from samkv.selection import select_blocks
+from tests.conftest import DOCUMENTS
+
+QUESTION = "What is the vault code at the Oriel bank?"
+
+
+def _build(engine, docs, question=QUESTION, **params):
+    request = engine._request(question, docs, "samkv", params, extra=0)
+    return request, engine._build(request, extra=0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    lengths=st.lists(st.integers(1, 90), min_size=1, max_size=9),
+    ratio=st.floats(0.001, 1.0),
+    block=st.integers(1, 32),
+    global_budget=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_selection_respects_budget_and_floor(lengths, ratio, block, global_budget, seed):
+    layout = Layout.of(7, lengths)
+    scores = torch.randn(layout.context_len, generator=torch.Generator().manual_seed(seed))
+    kept = select_blocks(scores, layout, ratio, block, 1, global_budget)
+    assert torch.equal(kept, torch.unique(kept)), "sorted and without repeats"
+    per_doc = torch.bincount(layout.doc_of[kept], minlength=len(lengths))
+    # The best block of a context may be its shorter last one.
+    smallest_block = [n - (math.ceil(n / block) - 1) * block for n in lengths]
+    assert all(int(c) >= f for c, f in zip(per_doc, smallest_block)), "at least one block per context"
+    floor = [min(block, n) for n in lengths]
+    if global_budget:
+        budget = math.ceil(ratio * layout.context_len - 1e-9)
+        assert kept.numel() <= max(budget, sum(floor) + block)
+        assert kept.numel() >= min(budget, layout.context_len)
+    else:
+        for count, n, f in zip(per_doc.tolist(), lengths, floor):
+            assert count <= max(math.ceil(ratio * n - 1e-9), f)
+    if ratio == 1.0:
+        assert kept.numel() == layout.context_len
+
+
+def test_engine_keeps_budget_floor_and_whole_prefix(tiny_engine):
+    engine = tiny_engine("llama")
+    docs = engine.encode_documents(DOCUMENTS)
+    n_tokens = sum(d.length for d in docs)
+    for ratio in (0.05, 0.15, 0.4, 1.0):
+        for global_budget in (True, False):
+            request, built = _build(engine, docs, keep_ratio=ratio, global_budget=global_budget, block_size=4)
+            kept = built.keep
+            assert set(torch.bincount(request.layout.doc_of[kept], minlength=len(docs)).tolist()) != {0}
+            assert all(int(c) > 0 for c in torch.bincount(request.layout.doc_of[kept], minlength=len(docs)))
+            if global_budget:
+                assert kept.numel() <= max(math.ceil(ratio * n_tokens), 4 * len(docs))
+            assert built.cache.length == engine.prefix_len + kept.numel()
+            for layer in range(engine.ops.shape.num_layers):
+                prefix_keys, prefix_values = engine.prefix.layer(layer)
+                keys, values = built.cache.layer(layer)
+                assert torch.equal(keys[:, : engine.prefix_len], prefix_keys)
+                assert torch.equal(values[:, : engine.prefix_len], prefix_values)
+
+
+def test_without_recompute_the_cache_holds_exactly_the_stored_kv(tiny_engine):
+    engine = tiny_engine("llama")
+    docs = engine.encode_documents(DOCUMENTS)
+    request, built = _build(engine, docs, keep_ratio=0.3, recompute=False, block_size=4)
+    assert built.recomputed == 0
+    P = engine.prefix_len
+    for layer in range(engine.ops.shape.num_layers):
+        aligned_keys, aligned_values = align_layer(
+            engine.ops, engine.prefix, [d.layer(layer) for d in docs], request.layout, layer
+        )
+        keys, values = built.cache.layer(layer)
+        assert torch.equal(keys[:, P:], aligned_keys[:, P + built.keep])
+        assert torch.equal(values[:, P:], aligned_values[:, P + built.keep])
+    # With recompute the same tokens get fresh KV that sees the other documents.
+    _, recomputed = _build(engine, docs, keep_ratio=0.3, recompute=True, block_size=4)
+    assert torch.equal(recomputed.keep, built.keep)
+    assert not torch.equal(recomputed.cache.layer(1)[0][:, P:], built.cache.layer(1)[0][:, P:])
+
+
+BRIDGE = [
+    "The Harlow Suite is a piece for strings. It was written by the composer Edvin Marsk in his youth.",
+    "Lake Sorrel freezes in January. Skaters gather on its northern shore every weekend. The ice is thick.",
+    "Edvin Marsk was born in the port town of Tolvik. He later moved abroad and taught music for many years.",
+    "Copper from the Tarn mines is shipped every spring. The mines employ four hundred people in the valley.",
+]
+
+
+def test_complementary_term_changes_what_the_bridged_document_keeps(embedded_engine):
+    docs = embedded_engine.encode_documents(BRIDGE)
+    question = "In which town was the composer of the Harlow Suite born?"
+    kept = {}
+    for weight in (0.0, 1.0):
+        request, built = _build(
+            embedded_engine, docs, question, keep_ratio=0.3, complement_weight=weight, block_size=4
+        )
+        kept[weight] = set(built.keep[request.layout.doc_of[built.keep] == 2].tolist())
+    assert kept[0.0] != kept[1.0]
+    # complement=False switches the term off whatever its weight.
+    request, built = _build(
+        embedded_engine, docs, question, keep_ratio=0.3, complement_weight=1.0, complement=False, block_size=4
+    )
+    assert set(built.keep[request.layout.doc_of[built.keep] == 2].tolist()) == kept[0.0]
+
+
+def test_peak_kv_of_samkv_is_a_fraction_of_full(tiny_engine):
+    """8 documents of ~300 tokens on a model as deep as the embedded one (30 layers)."""
+    engine = tiny_engine("llama", layers=30)
+    text = " ".join(DOCUMENTS) * 3
+    docs = engine.encode_documents([f"Document {i}. {text}" for i in range(8)])
+    assert all(250 <= d.length <= 350 for d in docs)
+    full = engine.generate(QUESTION, docs, method="full", max_new_tokens=4).stats
+    sparse = engine.generate(QUESTION, docs, method="samkv", keep_ratio=0.15, max_new_tokens=4).stats
+    assert sparse["kv_bytes_peak"] < 0.3 * full["kv_bytes_peak"]
+    assert sparse["kv_bytes_decode"] < 0.2 * full["kv_bytes_decode"]
