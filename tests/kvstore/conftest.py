@@ -7,7 +7,13 @@ from collections.abc import Iterator
 
 import pytest
 import redis
-from kvstore_testing import SHARED_REDIS_URL, FakeEncoder, PrivateRedis, start_private_redis
+
+from tests.kvstore.kvstore_testing import (
+    SHARED_REDIS_URL,
+    FakeEncoder,
+    PrivateRedis,
+    start_private_redis,
+)
 
 
 @pytest.fixture

@@ -7,9 +7,9 @@ import os
 import threading
 
 import pytest
-from kvstore_testing import FINGERPRINT, FakeEncoder
 
 from kvstore import DiskTier, MemoryTier, Precomputer, QueueFull, TieredStore
+from tests.kvstore.kvstore_testing import FINGERPRINT, FakeEncoder
 
 
 @pytest.fixture

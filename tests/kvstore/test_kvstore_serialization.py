@@ -6,11 +6,17 @@ import json
 
 import pytest
 import torch
-from kvstore_testing import EMBEDDED_SHAPES, FINGERPRINT, as_stored, assert_same_doc, make_doc
 from safetensors import safe_open
 
 from kvstore import CorruptEntry, FingerprintMismatch, StorageFormat, deserialize, serialize
 from kvstore.serialization import LAYOUT_VERSION, encode, from_parts, read_metadata, to_parts
+from tests.kvstore.kvstore_testing import (
+    EMBEDDED_SHAPES,
+    FINGERPRINT,
+    as_stored,
+    assert_same_doc,
+    make_doc,
+)
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 

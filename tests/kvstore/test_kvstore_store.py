@@ -8,7 +8,6 @@ import threading
 import pytest
 import redis
 import torch
-from kvstore_testing import FINGERPRINT, FakeEncoder, as_stored, assert_same_doc, make_doc
 
 from kvstore import (
     DiskTier,
@@ -23,6 +22,13 @@ from kvstore import (
 )
 from kvstore.serialization import encode, to_blob
 from samkv.document import DocumentSource
+from tests.kvstore.kvstore_testing import (
+    FINGERPRINT,
+    FakeEncoder,
+    as_stored,
+    assert_same_doc,
+    make_doc,
+)
 
 
 def build_store(tmp_path, redis_url, prefix, encoder=None, **kwargs) -> TieredStore:
@@ -328,3 +334,4 @@ def test_open_store_with_and_without_redis(tmp_path, shared_redis_url, encoder):
         assert (tmp_path / "b" / "kv").is_dir()
     finally:
         with_redis.delete("chunk")
+        with_redis.close()

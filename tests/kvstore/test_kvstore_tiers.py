@@ -8,7 +8,6 @@ import os
 import pytest
 import redis
 import torch
-from kvstore_testing import FINGERPRINT, make_doc, start_private_redis
 
 from kvstore import (
     CorruptEntry,
@@ -22,6 +21,7 @@ from kvstore import (
     make_key,
 )
 from kvstore.serialization import encode, to_blob
+from tests.kvstore.kvstore_testing import FINGERPRINT, make_doc, start_private_redis
 
 
 def stored_doc(seed: int, length: int = 24, **kwargs):

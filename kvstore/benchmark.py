@@ -1,0 +1,237 @@
+"""Load throughput of each tier against the raw speed of its medium.
+
+    python -m kvstore.benchmark --data-dir /tmp/kvbench --redis-url redis://127.0.0.1:6379/0
+
+For every tier alone (memory, Redis, disk) it stores `docs` synthetic caches with the embedded
+model's shapes and times full loads (`TieredStore.get`) and layer-wise loads (a `StoreSource`
+read layer by layer), next to reading the same number of bytes raw from the same medium (a
+memory copy, a Redis GET of a string, a file read): the ratio is how close the store comes to
+the physical limit. Disk numbers are with a warm page cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import redis
+import torch
+
+from kvstore.disk import DiskTier
+from kvstore.keys import StoreKey
+from kvstore.memory import MemoryTier
+from kvstore.redis_tier import RedisTier
+from kvstore.serialization import StorageFormat, StoredDocument, encode, to_blob
+from kvstore.store import TieredStore
+from kvstore.tier import Tier
+from samkv.document import DocumentKV, DocumentSource
+
+FINGERPRINT = "kvstore-benchmark"
+# SmolLM2-135M, the embedded model
+DEFAULT_FORMAT = StorageFormat()
+EMBEDDED_SHAPES = {"n_layers": 30, "n_kv_heads": 3, "head_dim": 64, "n_heads": 9, "window": 8}
+
+
+def synthetic_document(
+    seed: int, length: int, n_layers: int, n_kv_heads: int, head_dim: int, n_heads: int, window: int
+) -> DocumentKV:
+    """A random cache with the given shapes."""
+    g = torch.Generator().manual_seed(seed)
+    kv_shape = (n_layers, n_kv_heads, length, head_dim)
+    return DocumentKV(
+        token_ids=torch.randint(0, 49152, (length,), generator=g),
+        keys=torch.randn(kv_shape, generator=g),
+        values=torch.randn(kv_shape, generator=g),
+        summary_queries=torch.randn((n_layers, n_heads, window, head_dim), generator=g),
+        fingerprint=FINGERPRINT,
+        prefix_len=32,
+    )
+
+
+def read_all_layers(source: DocumentSource) -> None:
+    """Consume a source the way the engine's probe pass does: every layer once, in order."""
+    num_layers = getattr(source, "num_layers", None)
+    if num_layers is None:
+        raise TypeError("read_all_layers needs a source with num_layers")
+    for layer in range(num_layers):
+        source.read_layer(layer)
+
+
+def _median_seconds(fn: Callable[[], object], repeats: int) -> float:
+    fn()  # warm-up: connections, page cache, lazy allocations
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def measure_source(
+    make_source: Callable[[], DocumentSource],
+    consume: Callable[[DocumentSource], object] = read_all_layers,
+    repeats: int = 5,
+) -> float:
+    """Median seconds to open a source and consume it.
+
+    With the engine's prefill-and-first-token as `consume`, this is the time to first token of
+    a request whose documents come from the tier behind `make_source`.
+    """
+    return _median_seconds(lambda: consume(make_source()), repeats)
+
+
+def _raw_seconds(
+    tier_name: str, blobs: list[bytes], workdir: Path, redis_url: str, repeats: int
+) -> float:
+    """Median seconds to read the same bytes raw from the tier's medium."""
+    if tier_name == "memory":
+        return _median_seconds(lambda: [bytearray(b) for b in blobs], repeats)
+    if tier_name == "disk":
+        paths = [workdir / f"raw-{i}.bin" for i in range(len(blobs))]
+        for path, blob in zip(paths, blobs):
+            path.write_bytes(blob)
+        try:
+            return _median_seconds(lambda: [p.read_bytes() for p in paths], repeats)
+        finally:
+            for path in paths:
+                path.unlink()
+    client = redis.Redis.from_url(redis_url)
+    names = [f"kvstore-benchmark:raw:{uuid.uuid4().hex}:{i}" for i in range(len(blobs))]
+    try:
+        for name, blob in zip(names, blobs):
+            client.set(name, blob, ex=600)
+        return _median_seconds(lambda: [client.get(n) for n in names], repeats)
+    finally:
+        client.delete(*names)
+        client.close()
+
+
+def run_benchmark(
+    data_dir: Path,
+    redis_url: str,
+    *,
+    docs: int = 8,
+    doc_tokens: int = 300,
+    repeats: int = 5,
+    storage_format: StorageFormat = DEFAULT_FORMAT,
+    shapes: dict[str, int] | None = None,
+) -> dict:
+    """Full and layer-wise load throughput per tier, the raw medium's, and their ratios (MB/s)."""
+    shapes = shapes or EMBEDDED_SHAPES
+    workdir = Path(data_dir) / f"kvstore-benchmark-{uuid.uuid4().hex[:8]}"
+    workdir.mkdir(parents=True)
+    documents = [synthetic_document(i, doc_tokens, **shapes) for i in range(docs)]
+    stored = [encode(doc, storage_format) for doc in documents]
+    nbytes = sum(s.nbytes for s in stored)
+    blobs = [to_blob(s) for s in stored]
+    tiers: list[Tier] = [MemoryTier(4 * nbytes + 2**20)]
+    if redis_url:
+        prefix = f"kvstore-benchmark:{uuid.uuid4().hex}:"
+        tiers.append(RedisTier(redis_url, prefix=prefix, ttl_s=600))
+    tiers.append(DiskTier(workdir))
+
+    results: dict = {
+        "docs": docs,
+        "doc_tokens": doc_tokens,
+        "shapes": shapes,
+        "storage": f"{storage_format.dtype}/{storage_format.quantization}",
+        "bytes": nbytes,
+        "tiers": {},
+    }
+    try:
+        for tier in tiers:
+            results["tiers"][tier.name] = _measure_tier(
+                tier, stored, blobs, workdir, redis_url, repeats, storage_format
+            )
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return results
+
+
+def _measure_tier(
+    tier: Tier,
+    stored: list[StoredDocument],
+    blobs: list[bytes],
+    workdir: Path,
+    redis_url: str,
+    repeats: int,
+    storage_format: StorageFormat,
+) -> dict[str, float]:
+    store = TieredStore(FINGERPRINT, [tier], storage_format=storage_format)
+    keys: list[StoreKey] = [store.key(f"benchmark chunk {i}") for i in range(len(stored))]
+    for key, s in zip(keys, stored):
+        tier.put(key, s)
+    try:
+        full = _median_seconds(lambda: [store.get(k) for k in keys], repeats)
+        layered = measure_source(lambda: store.source(keys, backfill=False), repeats=repeats)
+        raw = _raw_seconds(tier.name, blobs, workdir, redis_url, repeats)
+    finally:
+        for key in keys:
+            tier.delete(key)
+    mb = sum(s.nbytes for s in stored) / 1e6
+    return {
+        "full_mb_s": mb / full,
+        "layerwise_mb_s": mb / layered,
+        "raw_mb_s": mb / raw,
+        "full_ms": full * 1e3,
+        "layerwise_ms": layered * 1e3,
+        "raw_ms": raw * 1e3,
+        "full_vs_raw": raw / full,
+        "layerwise_vs_raw": raw / layered,
+    }
+
+
+def _print_table(results: dict) -> None:
+    print(
+        f"{results['docs']} documents x {results['doc_tokens']} tokens, {results['storage']}, "
+        f"{results['bytes'] / 1e6:.1f} MB of tensors"
+    )
+    print(
+        f"{'tier':8} {'full MB/s':>10} {'layer MB/s':>11} {'raw MB/s':>10} {'full/raw':>9} {'layer/raw':>10}"
+    )
+    for name, r in results["tiers"].items():
+        print(
+            f"{name:8} {r['full_mb_s']:10.0f} {r['layerwise_mb_s']:11.0f} {r['raw_mb_s']:10.0f} "
+            f"{r['full_vs_raw']:9.2f} {r['layerwise_vs_raw']:10.2f}"
+        )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--data-dir", type=Path, default=Path("./data"))
+    parser.add_argument(
+        "--redis-url",
+        default=os.environ.get("SAMKV_REDIS_URL") or os.environ.get("REDIS_URL", ""),
+        help="empty: skip the Redis tier",
+    )
+    parser.add_argument("--docs", type=int, default=8)
+    parser.add_argument("--doc-tokens", type=int, default=300)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--dtype", choices=["float16", "bfloat16"], default="float16")
+    parser.add_argument("--quantization", choices=["none", "int8"], default="none")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args(argv)
+    results = run_benchmark(
+        args.data_dir,
+        args.redis_url,
+        docs=args.docs,
+        doc_tokens=args.doc_tokens,
+        repeats=args.repeats,
+        storage_format=StorageFormat(args.dtype, args.quantization),
+    )
+    _print_table(results)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,446 @@
+"""`TieredStore`: memory → Redis → disk → re-encode, with back-fill, repair and layer-wise sources."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from prometheus_client import CollectorRegistry
+
+from kvstore.disk import DiskTier
+from kvstore.errors import (
+    CorruptEntry,
+    DocumentNotFound,
+    EncoderMismatch,
+    FingerprintMismatch,
+    StoreWriteError,
+    TierFull,
+    TierUnavailable,
+)
+from kvstore.keys import StoreKey, fingerprint_hash, make_key
+from kvstore.memory import MemoryTier
+from kvstore.metrics import StoreMetrics
+from kvstore.redis_tier import DEFAULT_TTL_S, RedisTier
+from kvstore.serialization import (
+    Header,
+    StorageFormat,
+    StoredDocument,
+    decode,
+    decode_layer,
+    encode,
+)
+from kvstore.tier import Tier
+from samkv.document import DocumentKV, DocumentMeta, LayerKV
+
+logger = logging.getLogger(__name__)
+
+Encoder = Callable[[str], DocumentKV]
+Item = StoreKey | str  # a key, or the chunk text itself (which also allows re-encoding)
+
+_LOCK_STRIPES = 64
+DEFAULT_FORMAT = StorageFormat()
+
+
+class _RateLimitedWarnings:
+    """At most one warning per topic per interval, saying how many were suppressed meanwhile."""
+
+    def __init__(self, interval_s: float) -> None:
+        self.interval_s = interval_s
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def warn(self, topic: str, message: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if now - self._last.get(topic, -self.interval_s) < self.interval_s:
+                self._suppressed[topic] = self._suppressed.get(topic, 0) + 1
+                return
+            self._last[topic] = now
+            suppressed = self._suppressed.pop(topic, 0)
+        more = f" ({suppressed} similar warnings suppressed)" if suppressed else ""
+        logger.warning("%s%s", message, more)
+
+
+class TieredStore:
+    """Stored document caches for one model, over tiers listed fastest first.
+
+    Reads try each tier in turn and back-fill the faster tiers they missed; a document no tier
+    holds is re-encoded when its text is known. Writes go to the last (durable) tier first, whose
+    failure raises `StoreWriteError`; the faster tiers are best effort. An unreachable tier is
+    skipped with a rate-limited warning and a metric; a copy that fails its checks is deleted
+    from its tier and never served. Safe to use from several threads.
+    """
+
+    def __init__(
+        self,
+        fingerprint: str,
+        tiers: Sequence[Tier],
+        *,
+        encode: Encoder | None = None,
+        storage_format: StorageFormat = DEFAULT_FORMAT,
+        registry: CollectorRegistry | None = None,
+        warn_interval_s: float = 30.0,
+    ) -> None:
+        if not tiers:
+            raise ValueError("a TieredStore needs at least one tier")
+        self.fingerprint = fingerprint
+        self.tiers = list(tiers)
+        self.storage_format = storage_format
+        self.metrics = StoreMetrics(registry)
+        self._encoder = encode
+        self._fingerprint_hash = fingerprint_hash(fingerprint)
+        self._warnings = _RateLimitedWarnings(warn_interval_s)
+        # Serialises writers, deletes and repairs of one key; readers never wait on it.
+        self._locks = [threading.RLock() for _ in range(_LOCK_STRIPES)]
+        # Back-fills compare it before and after their read so they never resurrect a deleted key.
+        self._deletes = 0
+        self._deletes_lock = threading.Lock()
+
+    @property
+    def durable_tier(self) -> Tier:
+        return self.tiers[-1]
+
+    def key(self, text: str) -> StoreKey:
+        """The key of chunk `text` for this store's model."""
+        return make_key(self.fingerprint, text)
+
+    def close(self) -> None:
+        """Release the tiers' connections (the Redis pool); the store is unusable afterwards."""
+        for tier in self.tiers:
+            close = getattr(tier, "close", None)
+            if close is not None:
+                close()
+
+    def stats(self) -> dict[str, dict[str, float]]:
+        """Hits, misses, bytes read, load time per tier, discards, write rejections, encode rate."""
+        return self.metrics.stats()
+
+    # --- reads -------------------------------------------------------------------------------
+
+    def get(self, item: Item) -> DocumentKV:
+        """The whole cache of `item` (a key or the chunk text), in the storage dtype.
+
+        Raises `DocumentNotFound` when no tier holds a valid copy and the text is not known.
+        """
+        key, text = self._resolve(item)
+        deletes = self._deletes
+        for i, tier in enumerate(self.tiers):
+            start = time.perf_counter()
+            stored = self._try(tier, key, lambda t=tier: t.get(key))
+            if stored is None:
+                continue
+            self.metrics.hit(tier.name, stored.nbytes, time.perf_counter() - start, "full")
+            self._backfill(key, stored, self.tiers[:i], deletes)
+            return decode(stored)
+        return decode(self._reencode(key, text))
+
+    def contains(self, item: Item) -> bool:
+        """Whether any reachable tier holds a copy (not verified: reads check)."""
+        key, _ = self._resolve(item)
+        for tier in self.tiers:
+            try:
+                if tier.contains(key):
+                    return True
+            except TierUnavailable as exc:
+                self._unavailable(tier, exc)
+        return False
+
+    def has_durable_copy(self, item: Item) -> bool:
+        """Whether the durable tier holds a copy whose header checks out."""
+        key, _ = self._resolve(item)
+        tier = self.durable_tier
+        return self._try(tier, key, lambda: tier.read_header(key), count=False) is not None
+
+    def source(self, items: Sequence[Item], *, backfill: bool = True) -> StoreSource:
+        """A `DocumentSource` over `items` (keys or chunk texts) in prompt order.
+
+        Every document is located (or re-encoded) now, at the fastest tier holding a valid
+        header, so no document can turn out missing mid-request; only headers and token ids are
+        read here. Layers are then read one at a time from that tier, falling through to slower
+        tiers (and re-encoding, where the text is known) if it fails meanwhile. With `backfill`,
+        a document read from a slower tier is copied to the faster ones once all its layers have
+        been read.
+        """
+        return StoreSource(self, [self._open(*self._resolve(item), backfill) for item in items])
+
+    # --- writes ------------------------------------------------------------------------------
+
+    def put(self, item: Item, doc: DocumentKV) -> StoreKey:
+        """Store `doc` under `item`'s key: durable tier first (raising `StoreWriteError`), then the rest."""
+        key, _ = self._resolve(item)
+        if doc.fingerprint != self.fingerprint:
+            raise EncoderMismatch(
+                f"cache made by model fingerprint {doc.fingerprint!r}, store is for {self.fingerprint!r}"
+            )
+        self._write(key, encode(doc, self.storage_format))
+        return key
+
+    def delete(self, item: Item) -> None:
+        """Remove `item`'s cache from every tier (a tier that is down keeps its copy until its TTL)."""
+        key, _ = self._resolve(item)
+        with self._lock(key):
+            with self._deletes_lock:
+                self._deletes += 1
+            for tier in self.tiers:
+                try:
+                    tier.delete(key)
+                except TierUnavailable as exc:
+                    self._unavailable(tier, exc)
+
+    def encode_text(self, text: str) -> DocumentKV:
+        """Encode one chunk with the store's encoder, checking its fingerprint and timing it."""
+        if self._encoder is None:
+            raise DocumentNotFound("this store has no encoder to compute missing caches with")
+        start = time.perf_counter()
+        doc = self._encoder(text)
+        self.metrics.encoded(1, doc.length, time.perf_counter() - start)
+        return doc
+
+    # --- internals ---------------------------------------------------------------------------
+
+    def _resolve(self, item: Item) -> tuple[StoreKey, str | None]:
+        if isinstance(item, StoreKey):
+            if item.fingerprint_hash != self._fingerprint_hash:
+                raise EncoderMismatch(f"key {item} belongs to another model than this store's")
+            return item, None
+        return self.key(item), item
+
+    def _lock(self, key: StoreKey) -> threading.RLock:
+        return self._locks[int(key.content_hash[:8], 16) % _LOCK_STRIPES]
+
+    def _try(self, tier: Tier, key: StoreKey, read: Callable, *, count: bool = True):
+        """Run one tier read; None for a miss, an unreachable tier, or a discarded copy."""
+        try:
+            found = read()
+        except TierUnavailable as exc:
+            self._unavailable(tier, exc)
+            return None
+        except CorruptEntry as exc:
+            self._discard(tier, key, exc)
+            return None
+        if found is None and count:
+            self.metrics.miss(tier.name)
+        return found
+
+    def _unavailable(self, tier: Tier, exc: Exception) -> None:
+        self.metrics.unavailable(tier.name)
+        self._warnings.warn(
+            f"unavailable:{tier.name}", f"KV tier {tier.name} unavailable, skipping it: {exc}"
+        )
+
+    def _discard(self, tier: Tier, key: StoreKey, exc: CorruptEntry) -> None:
+        reason = "fingerprint" if isinstance(exc, FingerprintMismatch) else "corrupt"
+        self.metrics.discarded(tier.name, reason)
+        self._warnings.warn(
+            f"discard:{tier.name}",
+            f"discarding {reason} KV copy {key.content_hash[:12]} in {tier.name}: {exc}",
+        )
+        try:
+            tier.delete(key)
+        except TierUnavailable as delete_exc:
+            self._unavailable(tier, delete_exc)
+
+    def _put_best_effort(self, tier: Tier, key: StoreKey, stored: StoredDocument) -> None:
+        try:
+            tier.put(key, stored)
+        except TierFull as exc:
+            self.metrics.write_rejected(tier.name, "full")
+            self._warnings.warn(
+                f"full:{tier.name}", f"KV tier {tier.name} is full, not caching there: {exc}"
+            )
+        except TierUnavailable as exc:
+            self.metrics.write_rejected(tier.name, "unavailable")
+            self._unavailable(tier, exc)
+        else:
+            self.metrics.written(tier.name)
+
+    def _write(self, key: StoreKey, stored: StoredDocument) -> None:
+        durable, faster = self.durable_tier, self.tiers[:-1]
+        with self._lock(key):
+            try:
+                durable.put(key, stored)
+            except (TierFull, TierUnavailable) as exc:
+                raise StoreWriteError(
+                    f"durable KV tier {durable.name} refused the write: {exc}"
+                ) from exc
+            self.metrics.written(durable.name)
+            for tier in reversed(faster):
+                self._put_best_effort(tier, key, stored)
+
+    def _backfill(
+        self, key: StoreKey, stored: StoredDocument, tiers: Sequence[Tier], deletes: int
+    ) -> None:
+        if not tiers:
+            return
+        with self._lock(key):
+            if self._deletes != deletes:
+                return
+            for tier in reversed(tiers):
+                self._put_best_effort(tier, key, stored)
+
+    def _reencode(self, key: StoreKey, text: str | None) -> StoredDocument:
+        """Encode a document no tier could serve, and write it everywhere."""
+        if text is None or self._encoder is None:
+            what = "no chunk text was given" if text is None else "the store has no encoder"
+            raise DocumentNotFound(
+                f"no valid KV cache for {key.content_hash[:12]} in any tier and {what}"
+            )
+        with self._lock(key):
+            # Another thread may have repaired it while this one waited for the lock.
+            for tier in self.tiers:
+                stored = self._try(tier, key, lambda t=tier: t.get(key), count=False)
+                if stored is not None:
+                    return stored
+            doc = self.encode_text(text)
+            if doc.fingerprint != self.fingerprint:
+                raise EncoderMismatch(
+                    f"encoder made fingerprint {doc.fingerprint!r}, store is for {self.fingerprint!r}"
+                )
+            stored = encode(doc, self.storage_format)
+            try:
+                self._write(key, stored)
+            except StoreWriteError as exc:
+                # The caller can still be served from this copy; the next read re-encodes again.
+                logger.error(
+                    "re-encoded KV cache %s could not be stored: %s", key.content_hash[:12], exc
+                )
+            return stored
+
+    def _open(self, key: StoreKey, text: str | None, backfill: bool) -> _OpenDocument:
+        for i, tier in enumerate(self.tiers):
+            start = time.perf_counter()
+            found = self._try(tier, key, lambda t=tier: t.read_header(key))
+            if found is not None:
+                header, token_ids = found
+                nbytes = token_ids.numel() * token_ids.element_size()
+                self.metrics.hit(tier.name, nbytes, time.perf_counter() - start, "header")
+                collect = backfill and i > 0
+                return _OpenDocument(
+                    key,
+                    text,
+                    header,
+                    token_ids,
+                    i,
+                    collected={} if collect else None,
+                    deletes=self._deletes,
+                )
+        stored = self._reencode(key, text)
+        return _OpenDocument(key, text, stored.header, stored.token_ids, 0, pinned=stored)
+
+    def _read_layer(self, doc: _OpenDocument, layer: int) -> LayerKV:
+        if doc.pinned is not None:
+            return decode_layer(doc.pinned.header, doc.pinned.layers[layer])
+        for i in range(doc.tier, len(self.tiers)):
+            tier = self.tiers[i]
+            start = time.perf_counter()
+            found = self._try(tier, doc.key, lambda t=tier: t.read_layer(doc.key, layer))
+            if found is None:
+                continue
+            header, tensors = found
+            if header.length != doc.header.length:
+                self._discard(
+                    tier,
+                    doc.key,
+                    CorruptEntry("copy's length differs from its header read at open"),
+                )
+                continue
+            nbytes = sum(t.numel() * t.element_size() for t in tensors.values())
+            self.metrics.read(tier.name, nbytes, time.perf_counter() - start, "layer")
+            if i != doc.tier:
+                doc.tier, doc.collected = (
+                    i,
+                    None,
+                )  # layers from two copies do not make one back-fill
+            self._collect(doc, header, layer, tensors)
+            return decode_layer(header, tensors)
+        doc.pinned = self._reencode(doc.key, doc.text)
+        return decode_layer(doc.pinned.header, doc.pinned.layers[layer])
+
+    def _collect(
+        self, doc: _OpenDocument, header: Header, layer: int, tensors: dict[str, torch.Tensor]
+    ) -> None:
+        if doc.collected is None:
+            return
+        doc.collected[layer] = tensors
+        if len(doc.collected) == header.n_layers:
+            layers = tuple(doc.collected[i] for i in range(header.n_layers))
+            stored = StoredDocument(header, doc.token_ids, layers)
+            doc.collected = None
+            self._backfill(doc.key, stored, self.tiers[: doc.tier], doc.deletes)
+
+
+@dataclass
+class _OpenDocument:
+    """One document of a `StoreSource`: where it was found, and what has been read of it."""
+
+    key: StoreKey
+    text: str | None
+    header: Header
+    token_ids: torch.Tensor
+    tier: int  # index of the tier layers are read from
+    collected: dict[int, dict[str, torch.Tensor]] | None = None  # layers kept for back-fill
+    pinned: StoredDocument | None = None  # a re-encoded copy, served from process memory
+    deletes: int = 0
+    meta: DocumentMeta = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.meta = DocumentMeta(self.token_ids, self.header.fingerprint, self.header.prefix_len)
+
+
+class StoreSource:
+    """The `DocumentSource` the engine reads a request's documents through; one request, one thread."""
+
+    def __init__(self, store: TieredStore, documents: list[_OpenDocument]) -> None:
+        self._store = store
+        self._documents = documents
+
+    @property
+    def documents(self) -> list[DocumentMeta]:
+        return [doc.meta for doc in self._documents]
+
+    @property
+    def num_layers(self) -> int:
+        return self._documents[0].header.n_layers if self._documents else 0
+
+    @property
+    def tiers(self) -> list[str]:
+        """The tier each document is currently read from ("pinned" for a re-encoded copy)."""
+        return [
+            "pinned" if doc.pinned is not None else self._store.tiers[doc.tier].name
+            for doc in self._documents
+        ]
+
+    def read_layer(self, layer: int) -> list[LayerKV]:
+        """Layer `layer` of every document, in prompt order, in the storage dtype."""
+        return [self._store._read_layer(doc, layer) for doc in self._documents]
+
+
+DEFAULT_MEMORY_BYTES = 512 * 2**20
+
+
+def open_store(
+    data_dir: Path,
+    fingerprint: str,
+    encode: Encoder | None,
+    redis_url: str = "",
+    memory_bytes: int = DEFAULT_MEMORY_BYTES,
+    storage_dtype: str = "float16",
+    redis_ttl_s: int = DEFAULT_TTL_S,
+    registry: CollectorRegistry | None = None,
+    *,
+    quantization: str = "none",
+    redis_prefix: str = "samkv:kv:",
+) -> TieredStore:
+    """The store the app uses: memory LRU → Redis (when `redis_url` is set) → disk under `data_dir/kv`."""
+    tiers: list[Tier] = [MemoryTier(memory_bytes)]
+    if redis_url:
+        tiers.append(RedisTier(redis_url, prefix=redis_prefix, ttl_s=redis_ttl_s))
+    tiers.append(DiskTier(Path(data_dir)))
+    fmt = StorageFormat(storage_dtype, quantization)  # type: ignore[arg-type]
+    return TieredStore(fingerprint, tiers, encode=encode, storage_format=fmt, registry=registry)
