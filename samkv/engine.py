@@ -48,6 +48,7 @@ class Generation:
     text: str
     token_ids: list[int]
     stats: dict[str, Any]
+    answer_logprob: float | None = None
 
 
 @dataclass
@@ -71,20 +72,31 @@ class _Built:
 class GenerationStream:
     """Iterates over the answer's text pieces as they are decoded; `stats` is set at the end."""
 
-    def __init__(self, engine: Engine, request: _Request, max_new_tokens: int, sampler: Sampler) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        request: _Request,
+        max_new_tokens: int,
+        sampler: Sampler,
+        score_answer_ids: torch.Tensor | None = None,
+    ) -> None:
         self._engine = engine
         self._request = request
         self._max_new_tokens = max_new_tokens
         self._sampler = sampler
+        self._score_answer_ids = score_answer_ids
         self.token_ids: list[int] = []
         self.text = ""
         self.stats: dict[str, Any] | None = None
+        self.answer_logprob: float | None = None
 
     def __iter__(self) -> Iterator[str]:
         engine, request = self._engine, self._request
         started = time.perf_counter()
-        built = engine._build(request, extra=request.question_ids.numel() + self._max_new_tokens)
+        scored = 0 if self._score_answer_ids is None else self._score_answer_ids.numel()
+        built = engine._build(request, extra=request.question_ids.numel() + max(self._max_new_tokens, scored))
         ops, cache = engine.ops, built.cache
+        assembled_length = cache.length
         start = request.layout.question_start
         q_len = int(request.question_ids.numel())
         logits = forward_tokens(ops, cache, request.question_ids, start + torch.arange(q_len))
@@ -127,6 +139,20 @@ class GenerationStream:
             "documents": request.layout.num_docs,
             **built.stats,
         }
+        if self._score_answer_ids is not None:
+            # Scored after the clock stops, over the same assembled cache, so timing is unaffected.
+            cache.length = assembled_length
+            self.answer_logprob = _answer_logprob(ops, cache, request, self._score_answer_ids)
+
+
+def _answer_logprob(ops: ModelOps, cache: KVCache, request: _Request, answer_ids: torch.Tensor) -> float:
+    """Mean log-probability per token of answer_ids, teacher-forced after the question over `cache`."""
+    ids = torch.cat([request.question_ids, answer_ids])
+    positions = request.layout.question_start + torch.arange(ids.numel())
+    logits = forward_tokens(ops, cache, ids, positions, all_logits=True)
+    q_len = request.question_ids.numel()
+    predicted = torch.log_softmax(logits[q_len - 1 : -1], dim=-1)  # [|A|, vocab]
+    return float(predicted.gather(1, answer_ids.to(predicted.device)[:, None]).mean())
 
 
 class Engine:
@@ -307,18 +333,27 @@ class Engine:
         temperature: float = 0.0,
         top_p: float = 1.0,
         seed: int | None = None,
+        score_answer: str | None = None,
         **params: Any,
     ) -> GenerationStream:
         """Answers `question` from `documents` (prompt order), yielding text pieces as decoded.
 
         `params` are the method's parameters (e.g. keep_ratio=0.15 for samkv). Bad input raises
         here, before any work; iterating does the work, and `stats` is set once it ends.
+        With `score_answer`, `answer_logprob` is also set at the end: that answer's mean
+        log-probability per token over the same cache (what `answer_logprob` computes).
         """
         if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
             raise InvalidRequest(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
         sampler = Sampler(temperature, top_p, seed)
-        request = self._request(question, documents, method, params, extra=max_new_tokens)
-        return GenerationStream(self, request, max_new_tokens, sampler)
+        answer_ids = None
+        if score_answer is not None:
+            answer_ids = self.prompt.answer(score_answer)
+            if answer_ids.numel() == 0:
+                raise InvalidRequest("the answer to score is empty")
+        extra = max(max_new_tokens, 0 if answer_ids is None else answer_ids.numel())
+        request = self._request(question, documents, method, params, extra=extra)
+        return GenerationStream(self, request, max_new_tokens, sampler, answer_ids)
 
     def generate(self, question: str, documents: Documents = (), method: str = "samkv", **kwargs: Any) -> Generation:
         """Answers `question` from `documents`; same arguments as `stream`."""
@@ -326,7 +361,7 @@ class Engine:
         for _ in stream:
             pass
         assert stream.stats is not None
-        return Generation(stream.text, stream.token_ids, stream.stats)
+        return Generation(stream.text, stream.token_ids, stream.stats, stream.answer_logprob)
 
     @torch.inference_mode()
     def question_logits(self, question: str, documents: Documents = (), method: str = "samkv", **params: Any) -> torch.Tensor:
@@ -347,12 +382,7 @@ class Engine:
             raise InvalidRequest("the answer is empty")
         request = self._request(question, documents, method, params, extra=answer_ids.numel())
         built = self._build(request, extra=request.question_ids.numel() + answer_ids.numel())
-        ids = torch.cat([request.question_ids, answer_ids])
-        positions = request.layout.question_start + torch.arange(ids.numel())
-        logits = forward_tokens(self.ops, built.cache, ids, positions, all_logits=True)
-        q_len = request.question_ids.numel()
-        predicted = torch.log_softmax(logits[q_len - 1 : -1], dim=-1)  # [|A|, vocab]
-        return float(predicted.gather(1, answer_ids.to(predicted.device)[:, None]).mean())
+        return _answer_logprob(self.ops, built.cache, request, answer_ids)
 
     # ----- self-check -------------------------------------------------------------------------
 

@@ -64,3 +64,14 @@ def test_text_pieces_never_split_a_multibyte_character(embedded_tokenizer):
     emitted = [pieces.push(i) for i in ids] + [pieces.flush()]
     assert "".join(emitted) == text
     assert all("\ufffd" not in piece for piece in emitted)
+
+
+def test_answer_logprob_prefers_the_gold_answer_and_matches_scored_generation(embedded_engine):
+    docs = embedded_engine.encode_documents(DOCUMENTS)
+    question = "What is the vault code at the Oriel bank?"
+    for method in ("full", "samkv"):
+        gold = embedded_engine.answer_logprob(question, docs, "4471", method=method)
+        wrong = embedded_engine.answer_logprob(question, docs, "9038", method=method)
+        assert gold > wrong
+        scored = embedded_engine.generate(question, docs, method=method, max_new_tokens=4, score_answer="4471")
+        assert abs(scored.answer_logprob - gold) < 1e-4
