@@ -52,6 +52,15 @@ class Settings(BaseSettings):
     max_question_chars: int = Field(4000, ge=1)
     max_request_bytes: int = Field(20 * 1024**2, ge=1024)
     max_documents_per_request: int = Field(256, ge=1)
+    max_queued_ingest_jobs: int = Field(64, ge=1, le=10_000)
+    ingest_batch_size: int = Field(8, ge=1, le=256, description="Chunks encoded per forward pass.")
+    retry_after_s: int = Field(5, ge=1, description="Retry-After sent with 503 when overloaded.")
+    redis_prefix: str = Field("samkv:kv:", description="Key prefix of the Redis KV tier.")
+    host: str = Field("127.0.0.1", description="Address `samkv-rag serve` listens on.")
+    port: int = Field(8000, ge=0, le=65535)
+    sample_collection: bool = Field(
+        False, description="Ingest the bundled sample collection on start when no document is stored."
+    )
 
     @field_validator("method")
     @classmethod

@@ -248,7 +248,6 @@ class Engine:
         causal = torch.arange(total)[None, :] <= torch.arange(total)[:, None]
         mask = torch.cat([torch.ones(total, self.prefix_len, dtype=torch.bool), same_doc & causal], dim=1)
         cache = self._new_cache(self.prefix_len + total, KVMeter())
-        keys, values = self.prefix.layer(0)
         for layer in range(self.ops.shape.num_layers):
             k, v = self.prefix.layer(layer)
             cache.write_layer(layer, 0, k, v)

@@ -41,7 +41,7 @@ class PromptTemplate:
 
     @property
     def digest(self) -> str:
-        text = "\x1f".join((self.prefix, self.question_head, self.question_tail, self.document_separator))
+        text = f"{self.prefix}\x1f{self.question_head}\x1f{self.question_tail}\x1f{self.document_separator}"
         return hashlib.sha256(text.encode()).hexdigest()
 
 

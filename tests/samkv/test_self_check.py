@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-import samkv.assembly as assembly
-from samkv import ReuseRefused
+from samkv import ReuseRefused, assembly
 from tests.conftest import DOCUMENTS
 
 

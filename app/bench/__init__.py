@@ -1,0 +1,1 @@
+"""The benchmark: generated and LongBench-style multi-document QA, run method by method."""

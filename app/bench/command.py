@@ -1,0 +1,179 @@
+"""The `samkv-rag bench` and `bench-store` commands: arguments and runs."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+logger = logging.getLogger(__name__)
+
+ALL_METHODS = "full,naive,cacheblend,epic,snapkv,samkv"
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from error
+    if not values or any(not 0 < v <= 1 for v in values):
+        raise argparse.ArgumentTypeError(f"every ratio must be in (0, 1], got {text!r}")
+    return values
+
+
+def _methods(text: str) -> list[str]:
+    from samkv import METHODS
+
+    methods = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise argparse.ArgumentTypeError(f"unknown method(s) {unknown}; expected some of {', '.join(METHODS)}")
+    return methods
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of `samkv-rag bench`."""
+    parser.add_argument("--questions", type=int, default=120, help="number of generated questions")
+    parser.add_argument("--docs", type=int, default=8, help="documents per question")
+    parser.add_argument("--doc-tokens", type=int, default=300, help="tokens per generated document")
+    parser.add_argument("--two-hop-fraction", type=float, default=0.0, help="share of two-hop questions")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--methods", type=_methods, default=_methods(ALL_METHODS))
+    parser.add_argument("--keep-ratios", type=_floats, default=[0.15], help="e.g. 0.05,0.1,0.15,0.25,0.5")
+    parser.add_argument("--ablations", default="complement=False,recompute=False,global_budget=False",
+                        help="samkv ablations run at --ablation-ratio ('' for none)")
+    parser.add_argument("--ablation-ratio", type=float, default=0.15)
+    parser.add_argument("--max-new-tokens", type=int, default=16)
+    parser.add_argument("--dataset", type=Path, help="a LongBench-style JSON/JSONL file instead of generated data")
+    parser.add_argument("--cache-tier", choices=("memory", "disk", "redis"), default="disk",
+                        help="where document caches are loaded from (time to first token includes it)")
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    parser.add_argument("--model", default="", help="local checkpoint (default: the embedded model)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--samkv-param", action="append", default=[], metavar="NAME=VALUE",
+                        help="extra samkv parameter for every samkv row, e.g. complement_weight=0.5")
+    parser.add_argument("--out", type=Path, default=Path("bench-results"))
+
+
+def _parse_value(text: str) -> Any:
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    if text in ("True", "False"):
+        return text == "True"
+    if "," in text:
+        return tuple(_parse_value(part) for part in text.split(","))
+    return text
+
+
+def _store_source_factory(kind: str, engine, directory: Path, redis_url: str):
+    """Puts each question's caches into one tier; returns (put, source) callables for the runner."""
+    from kvstore import DiskTier, MemoryTier, RedisTier, TieredStore
+
+    tier = {"memory": lambda: MemoryTier(4 * 2**30), "disk": lambda: DiskTier(directory),
+            "redis": lambda: RedisTier(redis_url, prefix=f"samkv:bench:{time.time_ns()}:", ttl_s=3600)}[kind]()
+    store = TieredStore(engine.fingerprint, [tier], encode=engine.encode_document)
+    texts: list[str] = []
+
+    def put(documents, item_texts):
+        texts[:] = item_texts
+        for text, doc in zip(item_texts, documents):
+            store.put(text, doc)
+
+    def source(_documents):
+        return store.source(list(texts), backfill=False)
+
+    return put, source, store
+
+
+def run(args: argparse.Namespace) -> int:
+    """Runs the benchmark and writes the report; returns the exit code."""
+    from app.bench.generator import QAGenerator
+    from app.bench.longbench import load_longbench
+    from app.bench.report import write_report
+    from app.bench.runner import method_configs, run_questions, summarise
+    from samkv import Engine
+
+    engine = Engine.load(args.model or None, device=args.device, dtype=args.dtype)
+    if args.dataset:
+        questions = load_longbench(args.dataset, limit=args.questions, max_docs=args.docs)
+    else:
+        generator = QAGenerator(engine.count_tokens, seed=args.seed)
+        questions = generator.questions(args.questions, args.docs, args.doc_tokens, args.two_hop_fraction)
+    ablations = [a for a in args.ablations.split(",") if a.strip()]
+    samkv_params = dict(p.split("=", 1) for p in args.samkv_param)
+    configs = method_configs(
+        args.methods, args.keep_ratios, ablations, args.ablation_ratio,
+        {"samkv": {k: _parse_value(v) for k, v in samkv_params.items()}},
+    )
+    with tempfile.TemporaryDirectory(prefix="samkv-bench-") as scratch:
+        put, source, store = _store_source_factory(args.cache_tier, engine, Path(scratch), args.redis_url)
+        bar = tqdm(total=len(questions) * len(configs), desc="bench", unit="run")
+        records = run_questions(
+            engine, questions, configs, args.max_new_tokens, source_factory=source,
+            on_encoded=put, on_step=bar.update,
+        )
+        bar.close()
+        store.close()
+    rows = summarise(records, configs)
+    meta = {
+        "command": "samkv-rag bench " + " ".join(shlex.quote(a) for a in sys.argv[2:]),
+        "questions": len(questions), "docs": args.docs, "doc_tokens": args.doc_tokens,
+        "device": str(engine.device), "dtype": str(engine.dtype), "cache_tier": args.cache_tier,
+        "two_hop_fraction": args.two_hop_fraction, "seed": args.seed,
+    }
+    files = write_report(args.out, rows, records, meta)
+    print((args.out / "results.md").read_text())
+    print("wrote " + ", ".join(str(f) for f in files))
+    return 0
+
+
+def add_store_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of `samkv-rag bench-store`."""
+    parser.add_argument("--docs", type=int, default=8)
+    parser.add_argument("--doc-tokens", type=int, default=300)
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--data-dir", type=Path, default=None, help="disk tier location (default: a temp dir)")
+
+
+def run_store(args: argparse.Namespace) -> int:
+    """Tier load throughput against raw reads, and samkv's time to first token per tier."""
+    import statistics
+
+    from app.bench.generator import QAGenerator
+    from kvstore.benchmark import run_benchmark
+    from samkv import Engine
+
+    with tempfile.TemporaryDirectory(prefix="samkv-bench-store-") as scratch:
+        data_dir = args.data_dir or Path(scratch)
+        print("tier throughput (embedded model shapes):")
+        run_benchmark(data_dir / "throughput", args.redis_url)
+        engine = Engine.load()
+        item = QAGenerator(engine.count_tokens, seed=0).single(args.docs, args.doc_tokens)
+        documents = engine.encode_documents(list(item.documents))
+        print(f"\nsamkv (keep_ratio 0.15) time to first token, {args.docs} documents, caches loaded from each tier:")
+        results = {}
+        for tier in ("memory", "redis", "disk"):
+            put, source, store = _store_source_factory(tier, engine, data_dir / "ttft", args.redis_url)
+            put(documents, list(item.documents))
+            times = []
+            for _ in range(args.repeats):
+                # Opening the source (locating every document, reading headers) is part of the wait.
+                started = time.perf_counter()
+                engine.generate(item.question, source(documents), "samkv", max_new_tokens=1)
+                times.append((time.perf_counter() - started) * 1000)
+            store.close()
+            results[tier] = statistics.median(times)
+            print(f"  {tier:7s} {results[tier]:8.1f} ms  ({results[tier] / results['memory']:.2f}× memory)")
+    return 0

@@ -1,0 +1,112 @@
+"""Writing a benchmark run: results.json, a Markdown table, and the plots."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display on servers
+import matplotlib.pyplot as plt
+
+COLUMNS = [
+    ("label", "method", "{}"), ("exact_match", "EM", "{:.1f}"), ("contains_match", "contains", "{:.1f}"),
+    ("f1", "F1", "{:.1f}"), ("answer_logprob", "logprob", "{:.3f}"), ("agreement_with_full", "agree", "{:.1f}"),
+    ("ttft_ms_median", "TTFT ms p50", "{:.0f}"), ("ttft_ms_p90", "TTFT ms p90", "{:.0f}"),
+    ("ttft_share_of_full", "TTFT / full", "{:.2f}"), ("kv_decode_share_of_full", "KV decode / full", "{:.2f}"),
+    ("kv_peak_share_of_full", "KV peak / full", "{:.2f}"), ("decode_tokens_per_s", "tok/s", "{:.1f}"),
+    ("recomputed_tokens", "recomputed", "{:.0f}"), ("kept_tokens", "kept", "{:.0f}"),
+]
+
+
+def add_ratios(rows: list[dict[str, Any]]) -> None:
+    """Time to first token and KV bytes of each row as a share of `full`'s, measured in the same run."""
+    full = next((r for r in rows if r["label"] == "full"), None)
+    for row in rows:
+        if full is None:
+            continue
+        row["ttft_share_of_full"] = row["ttft_ms_median"] / full["ttft_ms_median"]
+        row["kv_decode_share_of_full"] = row["kv_bytes_decode"] / full["kv_bytes_decode"]
+        row["kv_peak_share_of_full"] = row["kv_bytes_peak"] / full["kv_bytes_peak"]
+
+
+def _cell(value: Any, fmt: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return fmt.format(value)
+
+
+def markdown_table(rows: list[dict[str, Any]], kind: str | None = None) -> str:
+    lines = ["| " + " | ".join(title for _, title, _ in COLUMNS) + " |",
+             "|" + "|".join("---" for _ in COLUMNS) + "|"]
+    for row in rows:
+        data = row if kind is None else {**row.get("by_kind", {}).get(kind, {}), "label": row["label"]}
+        if kind is not None and len(data) == 1:
+            continue
+        lines.append("| " + " | ".join(_cell(data.get(key), fmt) for key, _, fmt in COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+def write_report(out: Path, rows: list[dict[str, Any]], records: list[dict[str, Any]], meta: dict[str, Any]) -> list[Path]:
+    """Writes results.json, results.md, records.jsonl and the PNG plots; returns the files written."""
+    out.mkdir(parents=True, exist_ok=True)
+    add_ratios(rows)
+    (out / "results.json").write_text(json.dumps({"meta": meta, "results": rows}, indent=2))
+    with (out / "records.jsonl").open("w") as handle:
+        for record in records:
+            handle.write(json.dumps(record) + "\n")
+    setup = (
+        f"{meta.get('questions')} questions, {meta.get('docs')} documents each, "
+        f"~{meta.get('doc_tokens')} tokens per document; device {meta.get('device')}, "
+        f"dtype {meta.get('dtype')}, caches loaded from the {meta.get('cache_tier')} tier.\n"
+    )
+    parts = [f"# Benchmark results\n\n```\n{meta.get('command', '')}\n```\n", setup, markdown_table(rows)]
+    kinds = sorted({kind for row in rows for kind in row.get("by_kind", {})})
+    for kind in kinds:
+        parts += [f"\n## {kind} questions\n", markdown_table(rows, kind)]
+    (out / "results.md").write_text("\n".join(parts) + "\n")
+    return [out / "results.json", out / "results.md", *_plots(out, rows)]
+
+
+def _plots(out: Path, rows: list[dict[str, Any]]) -> list[Path]:
+    files = []
+    methods = sorted({r["method"] for r in rows})
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for method in methods:
+        mine = sorted((r for r in rows if r["method"] == method and "[" not in r["label"]), key=lambda r: r["keep_ratio"])
+        if mine:
+            ax.plot([r["keep_ratio"] for r in mine], [r["f1"] for r in mine], marker="o", label=method)
+    ax.set(xlabel="keep ratio (recompute ratio for cacheblend)", ylabel="F1", title="Quality against keep ratio")
+    ax.legend()
+    files.append(_save(fig, out / "quality_vs_keep_ratio.png"))
+
+    for key, title, name in (("ttft_ms_median", "Time to first token (ms, median)", "ttft.png"),
+                             ("kv_bytes_decode", "Decoding KV cache (MiB)", "kv_bytes.png")):
+        fig, ax = plt.subplots(figsize=(9, 4.5))
+        scale = 1 / 2**20 if key == "kv_bytes_decode" else 1
+        ax.bar([r["label"] for r in rows], [r[key] * scale for r in rows], color="tab:blue")
+        ax.set(title=title)
+        ax.tick_params(axis="x", rotation=60, labelsize=7)
+        files.append(_save(fig, out / name))
+
+    if any("ttft_share_of_full" in r for r in rows):
+        fig, ax = plt.subplots(figsize=(7, 5))
+        largest = max(r["kv_bytes_decode"] for r in rows)
+        for r in rows:
+            ax.scatter(r["ttft_share_of_full"], r["f1"], s=30 + 600 * r["kv_bytes_decode"] / largest, alpha=0.6)
+            ax.annotate(r["label"], (r["ttft_share_of_full"], r["f1"]), fontsize=7)
+        ax.set(xlabel="time to first token / full", ylabel="F1",
+               title="Quality vs time to first token (marker area: decoding KV bytes)")
+        files.append(_save(fig, out / "summary.png"))
+    return files
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,339 @@
+"""`samkv-rag`: serve the API, ingest files, ask questions, run the benchmarks.
+
+`ingest` and `ask` talk to a running server with `--url` (or `SAMKV_URL`); without one they
+load the models and work directly on the data dir. Flags override the `SAMKV_*` settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from app.settings import METHODS, Settings
+
+logger = logging.getLogger(__name__)
+
+_UPLOAD_BATCH = 16
+_POLL_S = 0.5
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `samkv-rag` console script."""
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.command in ("bench", "bench-store"):
+        return _bench(args.command, extra)
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO if args.command == "serve" else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return args.run(args)
+    except KeyboardInterrupt:
+        return 130
+    except CliError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except Exception as error:
+        # The typed errors of the parts carry messages meant for the user.
+        from app.errors import to_api_error
+
+        api_error = to_api_error(error)
+        if api_error.status >= 500:
+            raise
+        print(f"error: {api_error.message}", file=sys.stderr)
+        return 1
+
+
+class CliError(Exception):
+    """A failure to report in one line, without a traceback."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="samkv-rag", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the HTTP API and the chat page")
+    _add_settings_flags(serve)
+    serve.add_argument("--host", help="address to listen on (SAMKV_HOST)")
+    serve.add_argument("--port", type=int, help="port to listen on (SAMKV_PORT)")
+    serve.add_argument("--sample-collection", action="store_true", default=None,
+                       help="ingest the bundled sample documents when none are stored")
+    serve.set_defaults(run=_serve)
+
+    ingest = commands.add_parser("ingest", help="ingest files and folders (.txt, .md, .html)")
+    ingest.add_argument("paths", nargs="+", type=Path)
+    _add_client_flags(ingest)
+    _add_settings_flags(ingest)
+    ingest.set_defaults(run=_ingest)
+
+    ask = commands.add_parser("ask", help="ask a question and stream the answer")
+    ask.add_argument("question")
+    ask.add_argument("--method", choices=METHODS, help="reuse method (default: samkv)")
+    ask.add_argument("--keep-ratio", type=float)
+    ask.add_argument("--top-k", type=int)
+    ask.add_argument("--max-new-tokens", type=int)
+    ask.add_argument("--json", action="store_true", help="print the whole answer as JSON")
+    _add_client_flags(ask)
+    _add_settings_flags(ask)
+    ask.set_defaults(run=_ask)
+
+    # The benchmark parses its own flags; they are handed over untouched.
+    commands.add_parser("bench", help="answer-quality and latency benchmark", add_help=False)
+    commands.add_parser("bench-store", help="KV store benchmark", add_help=False)
+    return parser
+
+
+def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", type=Path, help="data directory (SAMKV_DATA_DIR)")
+    parser.add_argument("--model", help="local checkpoint path; empty for the embedded model")
+    parser.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--redis-url", help="Redis for the shared KV tier (REDIS_URL)")
+
+
+def _add_client_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--url", default=os.environ.get("SAMKV_URL"),
+                        help="a running server (SAMKV_URL); without it, work on the data dir")
+    parser.add_argument("--api-key", default=os.environ.get("SAMKV_API_KEY"),
+                        help="sent as a bearer token (SAMKV_API_KEY)")
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides = {
+        name: getattr(args, name)
+        for name in ("data_dir", "model", "device", "redis_url", "host", "port", "sample_collection")
+        if getattr(args, name, None) is not None
+    }
+    return Settings(**overrides)
+
+
+def _bench(command: str, argv: list[str]) -> int:
+    try:
+        from app.bench import command as bench
+    except ImportError as error:
+        print(f"error: the benchmark is not available ({error})", file=sys.stderr)
+        return 1
+    parser = argparse.ArgumentParser(prog=f"samkv-rag {command}")
+    if command == "bench":
+        bench.add_arguments(parser)
+        return bench.run(parser.parse_args(argv)) or 0
+    bench.add_store_arguments(parser)
+    return bench.run_store(parser.parse_args(argv)) or 0
+
+
+# --- serve ----------------------------------------------------------------------------------
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from app.main import create_app
+
+    settings = _settings(args)
+    host = "localhost" if settings.host in ("0.0.0.0", "::") else settings.host
+    print(f"SamKV RAG on http://{host}:{settings.port}/  (API docs: /docs)", flush=True)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+    return 0
+
+
+# --- ingest ---------------------------------------------------------------------------------
+
+
+def _files(paths: Sequence[Path]) -> list[Path]:
+    from retrieval import supported_suffixes
+
+    suffixes = set(supported_suffixes())
+    found: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found.extend(sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in suffixes))
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise CliError(f"{path} does not exist")
+    if not found:
+        raise CliError("no files to ingest (accepted: " + ", ".join(sorted(suffixes)) + ")")
+    return found
+
+
+def _ingest(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    files = _files(args.paths)
+    with tqdm(total=len(files), unit="doc", desc="ingesting") as bar:
+        failed = _ingest_remote(args, files, bar) if args.url else _ingest_local(args, files, bar)
+    print(f"ingested {len(files) - failed} of {len(files)} documents")
+    return 1 if failed else 0
+
+
+def _ingest_remote(args: argparse.Namespace, files: list[Path], bar: Any) -> int:
+    with _client(args) as client:
+        jobs = []
+        for start in range(0, len(files), _UPLOAD_BATCH):
+            batch = files[start : start + _UPLOAD_BATCH]
+            uploads = [("files", (p.name, p.read_bytes())) for p in batch]
+            response = client.post("/v1/documents", files=uploads)
+            _check(response)
+            jobs.append(response.json()["job_id"])
+        return _follow_jobs(client, jobs, bar)
+
+
+def _follow_jobs(client: Any, jobs: list[str], bar: Any) -> int:
+    """Poll the jobs until all finished, advancing `bar` by indexed-and-cached documents."""
+    counted: dict[str, int] = {}
+    failed = 0
+    pending = list(jobs)
+    while pending:
+        for job_id in list(pending):
+            response = client.get(f"/v1/jobs/{job_id}")
+            _check(response)
+            job = response.json()
+            # A document counts once it is indexed and its job's caches are being stored.
+            done = job["documents_total"] if job["status"] in ("done", "failed") else max(
+                0, job["documents_indexed"] - 1)
+            bar.update(done - counted.get(job_id, 0))
+            counted[job_id] = done
+            if job["status"] in ("done", "failed"):
+                pending.remove(job_id)
+                if job["status"] == "failed":
+                    failed += 1
+                    bar.write(f"job {job_id} failed: {job.get('error')}")
+        if pending:
+            time.sleep(_POLL_S)
+    return failed
+
+
+def _ingest_local(args: argparse.Namespace, files: list[Path], bar: Any) -> int:
+    from app.ingestion import NewDocument, new_document_id
+    from retrieval import extract_text
+
+    documents = [
+        NewDocument(new_document_id(), extract_text(p.name, p.read_bytes()), {"filename": p.name})
+        for p in files
+    ]
+    services = _load_services(args)
+    try:
+        failed = 0
+        for document in documents:
+            job = services.ingestor.wait(services.ingestor.submit([document]).id)
+            bar.update(1)
+            if job is None or job.status != "done":
+                failed += 1
+                bar.write(f"{document.metadata['filename']}: {job.error if job else 'lost'}")
+        return failed
+    finally:
+        services.close()
+
+
+# --- ask ------------------------------------------------------------------------------------
+
+
+def _ask(args: argparse.Namespace) -> int:
+    body = {
+        "question": args.question,
+        "method": args.method,
+        "keep_ratio": args.keep_ratio,
+        "top_k": args.top_k,
+        "max_new_tokens": args.max_new_tokens,
+    }
+    body = {k: v for k, v in body.items() if v is not None}
+    events = _ask_remote(args, body) if args.url else _ask_local(args, body)
+    answer, sources, stats = "", [], {}
+    for event, data in events:
+        if event == "sources":
+            sources = data["sources"]
+        elif event == "token":
+            answer += data["text"]
+            if not args.json:
+                print(data["text"], end="", flush=True)
+        elif event == "done":
+            stats = data["stats"]
+        elif event == "error":
+            raise CliError(data["error"]["message"])
+    if args.json:
+        print(json.dumps({"answer": answer, "sources": sources, "stats": stats}, indent=2))
+        return 0
+    print()
+    for i, source in enumerate(sources, 1):
+        preview = " ".join(source["text"].split())[:80]
+        print(f"  [{i}] {source['document_id']} #{source['chunk_id']} ({source['score']:.2f}) {preview}")
+    if stats:
+        print(f"  {stats['method']}: kept {stats['kept_tokens']}/{stats['context_tokens']} tokens, "
+              f"first token in {stats['ttft_ms']:.0f} ms, {stats['tokens_per_s']:.1f} tokens/s")
+    return 0
+
+
+def _ask_remote(args: argparse.Namespace, body: dict[str, Any]) -> Iterator[tuple[str, Any]]:
+    with _client(args) as client, client.stream(
+        "POST", "/v1/query", json={**body, "stream": True}
+    ) as response:
+        if response.status_code >= 400:
+            response.read()
+            _check(response)
+        event = "message"
+        for line in response.iter_lines():
+            if line.startswith("event:"):
+                event = line[6:].strip()
+            elif line.startswith("data:"):
+                yield event, json.loads(line[5:])
+                event = "message"
+
+
+def _ask_local(args: argparse.Namespace, body: dict[str, Any]) -> Iterator[tuple[str, Any]]:
+    from app.routers.query import sources_of
+
+    services = _load_services(args)
+    try:
+        question = body["question"]
+        services.validate_question(question)
+        hits = services.retrieval.search(question, body.get("top_k") or services.settings.top_k)
+        yield "sources", {"sources": [s.model_dump() for s in sources_of(hits)]}
+        stream = services.open_stream(
+            question, hits, method=body.get("method"), keep_ratio=body.get("keep_ratio"),
+            max_new_tokens=body.get("max_new_tokens"),
+        )
+        for piece in stream:
+            yield "token", {"text": piece}
+        yield "done", {"stats": stream.stats}
+    finally:
+        services.close()
+
+
+def _load_services(args: argparse.Namespace):
+    from prometheus_client import CollectorRegistry
+
+    from app.metrics import AppMetrics
+    from app.services import Services
+
+    print("loading the models…", file=sys.stderr, flush=True)
+    return Services.load(_settings(args), AppMetrics(CollectorRegistry()))
+
+
+def _client(args: argparse.Namespace):
+    import httpx
+
+    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    return httpx.Client(base_url=args.url.rstrip("/"), headers=headers, timeout=httpx.Timeout(10.0, read=600.0))
+
+
+def _check(response: Any) -> None:
+    if response.status_code >= 400:
+        try:
+            message = response.json()["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = response.text[:200]
+        raise CliError(f"{response.status_code}: {message}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

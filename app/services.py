@@ -1,0 +1,195 @@
+"""The loaded parts of the service (engine, retrieval, KV store, jobs) and what the routes do with them."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from app.errors import InvalidInput
+from app.generation import GenerationPool, RunningGeneration
+from app.ingestion import Ingestor, NewDocument
+from app.jobs import JobStore
+from app.metrics import AppMetrics
+from app.settings import Settings
+from kvstore import Precomputer, TieredStore, open_store
+from retrieval import Embedder, RetrievalService, SearchHit
+from samkv import METHODS, Engine, GenerationStream
+
+logger = logging.getLogger(__name__)
+
+SAMPLE_COLLECTION = Path(__file__).parent / "sample_collection"
+
+
+@dataclass
+class Services:
+    """Everything a request needs; built once per app by `load` and closed with it."""
+
+    settings: Settings
+    engine: Engine
+    retrieval: RetrievalService
+    store: TieredStore
+    precomputer: Precomputer
+    ingestor: Ingestor
+    generations: GenerationPool
+    metrics: AppMetrics
+
+    @classmethod
+    def load(cls, settings: Settings, metrics: AppMetrics, engine: Engine | None = None) -> Services:
+        """Load the models and open the stores under `settings.data_dir` (slow: seconds).
+
+        Pass `engine` to share an already loaded one (tests, several apps in one process).
+        """
+        data_dir = Path(settings.data_dir)
+        device = None if settings.device == "auto" else settings.device
+        if engine is None:
+            engine = Engine.load(
+                settings.model or None,
+                device=device,
+                dtype=None if settings.dtype == "auto" else settings.dtype,
+                cache_dir=settings.resolved_cache_dir,
+            )
+        embedder = Embedder(settings.embedding_model or None, device=device)
+        retrieval = RetrievalService(
+            data_dir,
+            engine.count_tokens,
+            embedder=embedder,
+            chunk_tokens=settings.chunk_tokens,
+            chunk_overlap=settings.chunk_overlap,
+        )
+        store = open_store(
+            data_dir,
+            engine.fingerprint,
+            engine.encode_document,
+            redis_url=settings.redis_url,
+            memory_bytes=settings.memory_tier_bytes,
+            storage_dtype=settings.kv_storage_dtype,
+            redis_ttl_s=settings.redis_ttl_s,
+            registry=metrics.registry,
+            redis_prefix=settings.redis_prefix,
+        )
+        precomputer = Precomputer(
+            store, encode_batch=engine.encode_documents, batch_size=settings.ingest_batch_size
+        )
+        jobs = JobStore(data_dir)
+        if jobs.interrupted:
+            logger.warning("%d ingestion jobs were interrupted by a restart", jobs.interrupted)
+        ingestor = Ingestor(
+            retrieval,
+            precomputer,
+            jobs,
+            max_queued_jobs=settings.max_queued_ingest_jobs,
+            on_finished=lambda job: metrics.ingest_jobs.labels(job.status).inc(),
+        )
+        generations = GenerationPool(
+            settings.max_concurrent_generations,
+            settings.max_queued_generations,
+            settings.retry_after_s,
+            metrics,
+        )
+        return cls(settings, engine, retrieval, store, precomputer, ingestor, generations, metrics)
+
+    def close(self) -> None:
+        """Finish queued ingestion, stop the workers and save the index."""
+        self.generations.close()
+        self.ingestor.close()
+        self.precomputer.close()
+        self.ingestor.jobs.close()
+        self.retrieval.close()
+
+    def ingest_sample_collection(self) -> str | None:
+        """Queue the bundled sample documents when nothing is stored yet; the job id, if queued."""
+        if self.retrieval.list_documents():
+            return None
+        documents = [
+            NewDocument(path.stem, path.read_text(encoding="utf-8"), {"filename": path.name})
+            for path in sorted(SAMPLE_COLLECTION.iterdir())
+            if path.suffix in (".md", ".txt")
+        ]
+        logger.info("ingesting the sample collection (%d documents)", len(documents))
+        return self.ingestor.submit(documents).id
+
+    def delete_document(self, document_id: str) -> bool:
+        """Remove the document from the index and its chunks' KV caches from every tier.
+
+        Caches are keyed by content, so a chunk text another document shares loses its cache
+        too; the store re-encodes it on the next read.
+        """
+        record = self.retrieval.get_document(document_id)
+        if record is None or not self.retrieval.delete_document(document_id):
+            return False
+        for chunk in record.chunks or ():
+            self.store.delete(chunk.text)
+        return True
+
+    def validate_question(self, question: str) -> None:
+        """Refuse an empty or overlong question with `InvalidInput`."""
+        if not question.strip():
+            raise InvalidInput("the question is empty", code="empty_question")
+        if len(question) > self.settings.max_question_chars:
+            raise InvalidInput(
+                f"the question has {len(question)} characters; at most "
+                f"{self.settings.max_question_chars} are accepted",
+                code="question_too_long",
+            )
+
+    async def search(
+        self, question: str, top_k: int | None, filters: dict[str, Any] | None
+    ) -> list[SearchHit]:
+        """The chunks retrieved for `question` (embedding runs off the event loop)."""
+        self.validate_question(question)
+        return await asyncio.to_thread(
+            self.retrieval.search, question, top_k or self.settings.top_k, filters
+        )
+
+    def open_stream(
+        self,
+        question: str,
+        hits: list[SearchHit],
+        *,
+        method: str | None = None,
+        keep_ratio: float | None = None,
+        max_new_tokens: int | None = None,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+    ) -> GenerationStream:
+        """The engine's stream answering `question` over the retrieved chunks' stored caches.
+
+        Blocking (it may read or re-encode caches); iterate it on one thread.
+        """
+        method = method or self.settings.method
+        params: dict[str, Any] = {}
+        if _takes_keep_ratio(method):
+            params["keep_ratio"] = keep_ratio if keep_ratio is not None else self.settings.keep_ratio
+        documents = self.store.source([hit.text for hit in hits]) if hits else ()
+        return self.engine.stream(
+            question,
+            documents,
+            method=method,
+            max_new_tokens=max_new_tokens or self.settings.max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            seed=seed,
+            **params,
+        )
+
+    async def generate(self, question: str, hits: list[SearchHit], **options: Any) -> RunningGeneration:
+        """Admit and start `open_stream(question, hits, **options)` on the generation pool."""
+        return await self.generations.start(lambda: self.open_stream(question, hits, **options))
+
+
+def _takes_keep_ratio(method: str) -> bool:
+    cls = METHODS.get(method)
+    return cls is not None and any(f.name == "keep_ratio" for f in dataclasses.fields(cls))
+
+
+class Runtime:
+    """What the app has loaded so far: `services` once ready, or the `error` loading failed with."""
+
+    def __init__(self) -> None:
+        self.services: Services | None = None
+        self.error: str | None = None

@@ -1,0 +1,89 @@
+"""Parts of the service that need no models: jobs across restarts, admission, compose file."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+
+import pytest
+import yaml
+from prometheus_client import CollectorRegistry
+
+from app.errors import Unavailable
+from app.generation import GenerationPool
+from app.jobs import INTERRUPTED, Job, JobStore
+from app.metrics import AppMetrics
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_running_jobs_fail_on_restart(tmp_path):
+    store = JobStore(tmp_path)
+    store.create(Job("running-job", "running", ["a"], 1))
+    store.create(Job("done-job", "done", ["b"], 1))
+    store.close()
+    reopened = JobStore(tmp_path)
+    assert reopened.interrupted == 1
+    assert reopened.get("running-job").status == "failed"
+    assert reopened.get("running-job").error == INTERRUPTED
+    assert reopened.get("done-job").status == "done"
+    assert reopened.get("unknown") is None
+
+
+class _BlockingStream:
+    """Stands in for the engine's stream: yields once released."""
+
+    def __init__(self, release: threading.Event) -> None:
+        self.release = release
+        self.stats = {"method": "full"}
+
+    def __iter__(self):
+        self.release.wait(30)
+        yield "done"
+
+
+def test_full_queue_is_refused_with_retry_after():
+    async def scenario() -> None:
+        pool = GenerationPool(1, 1, retry_after_s=7, metrics=AppMetrics(CollectorRegistry()))
+        release = threading.Event()
+        first = await pool.start(lambda: _BlockingStream(release))
+        # The second waits in the queue behind the first (its start cannot complete yet).
+        second = asyncio.ensure_future(pool.start(lambda: _BlockingStream(release)))
+        await asyncio.sleep(0.05)
+        with pytest.raises(Unavailable) as refused:
+            await pool.start(lambda: _BlockingStream(release))
+        assert refused.value.status == 503
+        assert refused.value.headers["Retry-After"] == "7"
+        release.set()
+        assert [piece async for piece in first] == ["done"]
+        assert [piece async for piece in await second] == ["done"]
+        assert pool.admitted == 0
+        pool.close()
+
+    asyncio.run(scenario())
+
+
+def test_compose_file_names_redis_and_the_api():
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert {"redis", "api"} <= set(services)
+    api = services["api"]
+    assert "REDIS_URL" in str(api["environment"])
+    assert "healthcheck" in api and "healthcheck" in services["redis"]
+    assert any("/data" in str(volume) for volume in api["volumes"])
+    assert (ROOT / "Dockerfile").is_file()
+
+
+def test_sample_collection_is_ingested_once(tmp_path, embedded_engine):
+    from app.services import SAMPLE_COLLECTION, Services
+    from app.settings import Settings
+
+    services = Services.load(Settings(data_dir=tmp_path), AppMetrics(CollectorRegistry()), embedded_engine)
+    try:
+        job = services.ingestor.wait(services.ingest_sample_collection(), timeout=600)
+        assert job.status == "done", job.error
+        assert len(services.retrieval.list_documents()) == len(list(SAMPLE_COLLECTION.iterdir())) >= 6
+        assert services.ingest_sample_collection() is None
+    finally:
+        services.close()
