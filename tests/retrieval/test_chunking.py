@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 import re
 
@@ -9,10 +10,39 @@ import pytest
 
 from retrieval import Chunker
 
-WORDS = (
-    "the index keeps every chunk of a document under its own stable id while embeddings "
-    "are computed once and stored next to the text so that a restart never recomputes them"
-).split()
+WORDS = [
+    "the",
+    "index",
+    "keeps",
+    "every",
+    "chunk",
+    "of",
+    "a",
+    "document",
+    "under",
+    "its",
+    "own",
+    "stable",
+    "id",
+    "while",
+    "embeddings",
+    "are",
+    "computed",
+    "once",
+    "and",
+    "stored",
+    "next",
+    "to",
+    "the",
+    "text",
+    "so",
+    "that",
+    "a",
+    "restart",
+    "never",
+    "recomputes",
+    "them",
+]
 
 
 def random_text(rng: random.Random) -> str:
@@ -77,7 +107,7 @@ def test_overlap_repeats_the_previous_chunks_last_sentences(count_tokens):
     sentences = [f"Step {i} moves the marker to square {i}." for i in range(30)]
     chunks = Chunker(count_tokens, max_tokens=48, overlap_tokens=16).split(" ".join(sentences), "d")
     assert len(chunks) > 2
-    for previous, current in zip(chunks, chunks[1:]):
+    for previous, current in itertools.pairwise(chunks):
         last_sentence = re.findall(r"Step \d+ [^.]*\.", previous.text)[-1]
         assert current.text.startswith(last_sentence)
         assert current.text != previous.text
@@ -86,7 +116,11 @@ def test_overlap_repeats_the_previous_chunks_last_sentences(count_tokens):
 def test_markdown_lines_are_boundaries(count_tokens):
     text = "# Title\n- first item without a period\n- second item\n\nBody text."
     chunks = Chunker(count_tokens, max_tokens=6).split(text, "d")
-    assert [c.text for c in chunks][:3] == ["# Title", "- first item without a period", "- second item"]
+    assert [c.text for c in chunks][:3] == [
+        "# Title",
+        "- first item without a period",
+        "- second item",
+    ]
 
 
 def test_blank_text_gives_no_chunks(count_tokens):

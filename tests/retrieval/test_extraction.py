@@ -26,10 +26,24 @@ PAGE = b"""<!DOCTYPE html>
 
 def test_html_yields_only_visible_text():
     text = extract_text("page.html", PAGE)
-    for invisible in ("SCRIPT_TEXT", "color", "NOSCRIPT", "TEMPLATE", "COMMENT", "HIDDEN",
-                      "JSON_LD", "Tab title", "DOCTYPE"):
+    for invisible in (
+        "SCRIPT_TEXT",
+        "color",
+        "NOSCRIPT",
+        "TEMPLATE",
+        "COMMENT",
+        "HIDDEN",
+        "JSON_LD",
+        "Tab title",
+        "DOCTYPE",
+    ):
         assert invisible not in text
-    assert text.split("\n\n") == ["Visible heading", "First bold paragraph.", "Item one", "Item two"]
+    assert text.split("\n\n") == [
+        "Visible heading",
+        "First bold paragraph.",
+        "Item one",
+        "Item two",
+    ]
 
 
 def test_html_by_content_type_and_declared_charset():
@@ -43,7 +57,9 @@ def test_text_and_markdown_pass_through(name):
 
 
 def test_plain_text_honours_charset():
-    assert extract_text("text/plain; charset=latin-1", "d\xe9j\xe0".encode("latin-1")) == "d\xe9j\xe0"
+    assert (
+        extract_text("text/plain; charset=latin-1", "d\xe9j\xe0".encode("latin-1")) == "d\xe9j\xe0"
+    )
 
 
 @pytest.mark.parametrize(

@@ -7,21 +7,144 @@ from dataclasses import dataclass
 
 import pytest
 
-FIRST = ("Amara Bastian Chiara Dmitri Elif Farid Greta Hiroshi Ingrid Jonas Kavya Lorenzo Maren "
-         "Nikolai Odile Pavel Quentin Rania Sven Tamsin Ulrike Viktor Wanjiru Xavier Yusuf Zofia "
-         "Anselm Beatriz Cosmin Daria").split()
-LAST = ("Okafor Lindqvist Marchetti Haddad Novak Takahashi Oyelaran Brandt Castellanos Duval "
-        "Eriksen Fitzgerald Gallo Horvath Iwasaki Jansen Kowalczyk Laurent Moreau Nakamura "
-        "Olsen Petrov Quiroga Rasmussen Sokolov Tanaka Ueda Varga Whitfield Yilmaz").split()
-CITIES = ("Tromso Valparaiso Tbilisi Lagos Hobart Quito Bergen Mombasa Porto Tallinn Cusco "
-          "Leipzig Hanoi Mendoza Windhoek Tampere Ghent Arequipa Kazan Nagoya").split()
-JOBS = ("glassblower cartographer beekeeper luthier actuary stonemason archivist farrier "
-        "hydrologist sommelier typesetter clockmaker").split()
-COMPANIES = ("Northwind Halcyon Bluefin Ironbark Meridian Solstice Kestrel Ambergate Larkspur "
-             "Quillon").split()
-BUILDINGS = "north annex harbour depot east tower library west wing foundry".split()
-MONTHS = ("January February March April May June July August September October November "
-          "December").split()
+FIRST = [
+    "Amara",
+    "Bastian",
+    "Chiara",
+    "Dmitri",
+    "Elif",
+    "Farid",
+    "Greta",
+    "Hiroshi",
+    "Ingrid",
+    "Jonas",
+    "Kavya",
+    "Lorenzo",
+    "Maren",
+    "Nikolai",
+    "Odile",
+    "Pavel",
+    "Quentin",
+    "Rania",
+    "Sven",
+    "Tamsin",
+    "Ulrike",
+    "Viktor",
+    "Wanjiru",
+    "Xavier",
+    "Yusuf",
+    "Zofia",
+    "Anselm",
+    "Beatriz",
+    "Cosmin",
+    "Daria",
+]
+LAST = [
+    "Okafor",
+    "Lindqvist",
+    "Marchetti",
+    "Haddad",
+    "Novak",
+    "Takahashi",
+    "Oyelaran",
+    "Brandt",
+    "Castellanos",
+    "Duval",
+    "Eriksen",
+    "Fitzgerald",
+    "Gallo",
+    "Horvath",
+    "Iwasaki",
+    "Jansen",
+    "Kowalczyk",
+    "Laurent",
+    "Moreau",
+    "Nakamura",
+    "Olsen",
+    "Petrov",
+    "Quiroga",
+    "Rasmussen",
+    "Sokolov",
+    "Tanaka",
+    "Ueda",
+    "Varga",
+    "Whitfield",
+    "Yilmaz",
+]
+CITIES = [
+    "Tromso",
+    "Valparaiso",
+    "Tbilisi",
+    "Lagos",
+    "Hobart",
+    "Quito",
+    "Bergen",
+    "Mombasa",
+    "Porto",
+    "Tallinn",
+    "Cusco",
+    "Leipzig",
+    "Hanoi",
+    "Mendoza",
+    "Windhoek",
+    "Tampere",
+    "Ghent",
+    "Arequipa",
+    "Kazan",
+    "Nagoya",
+]
+JOBS = [
+    "glassblower",
+    "cartographer",
+    "beekeeper",
+    "luthier",
+    "actuary",
+    "stonemason",
+    "archivist",
+    "farrier",
+    "hydrologist",
+    "sommelier",
+    "typesetter",
+    "clockmaker",
+]
+COMPANIES = [
+    "Northwind",
+    "Halcyon",
+    "Bluefin",
+    "Ironbark",
+    "Meridian",
+    "Solstice",
+    "Kestrel",
+    "Ambergate",
+    "Larkspur",
+    "Quillon",
+]
+BUILDINGS = [
+    "north",
+    "annex",
+    "harbour",
+    "depot",
+    "east",
+    "tower",
+    "library",
+    "west",
+    "wing",
+    "foundry",
+]
+MONTHS = [
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+]
 
 
 @dataclass(frozen=True)
@@ -38,29 +161,52 @@ def person_facts(name: str, rng: random.Random) -> list[Fact]:
     city, job, company = rng.choice(CITIES), rng.choice(JOBS), rng.choice(COMPANIES)
     code = f"{rng.choice('KQXZ')}{rng.choice('RVW')}-{rng.randint(1000, 9999)}"
     return [
-        Fact(f"Parish records show that {name} was born in {city} on {date(rng)}, "
-             "the second child of the family.",
-             (f"Where was {name} born?", f"What is the birth date of {name}?")),
-        Fact(f"{name} works as a {job} for the {company} company and has held that "
-             f"position since {rng.randint(1980, 2023)}.",
-             (f"What is the job of {name}?", f"Which company employs {name}?")),
-        Fact(f"The access code assigned to {name} for the {rng.choice(BUILDINGS)} building "
-             f"is {code}, renewed every year.",
-             (f"What is the access code of {name}?",)),
+        Fact(
+            f"Parish records show that {name} was born in {city} on {date(rng)}, "
+            "the second child of the family.",
+            (f"Where was {name} born?", f"What is the birth date of {name}?"),
+        ),
+        Fact(
+            f"{name} works as a {job} for the {company} company and has held that "
+            f"position since {rng.randint(1980, 2023)}.",
+            (f"What is the job of {name}?", f"Which company employs {name}?"),
+        ),
+        Fact(
+            f"The access code assigned to {name} for the {rng.choice(BUILDINGS)} building "
+            f"is {code}, renewed every year.",
+            (f"What is the access code of {name}?",),
+        ),
     ]
+
+
+def namesake_distractor(name: str, rng: random.Random) -> str:
+    """Names the person with a city, a date and a code, but answers none of the questions."""
+    return (
+        f"{name} signed the visitor log of the {rng.choice(BUILDINGS)} building in "
+        f"{rng.choice(CITIES)} on {date(rng)} with badge {rng.choice('KQXZ')}V-"
+        f"{rng.randint(1000, 9999)}."
+    )
 
 
 def distractor(rng: random.Random) -> str:
     """Same vocabulary and templates, about no one a question asks about."""
-    return rng.choice([
-        f"The {rng.choice(CITIES)} guild of {rng.choice(JOBS)}s met on {date(rng)} to discuss "
-        f"the {rng.choice(COMPANIES)} company's new contracts.",
-        f"Last winter a visiting {rng.choice(JOBS)} from {rng.choice(CITIES)} registered the "
-        f"temporary access code {rng.choice('KQXZ')}V-{rng.randint(1000, 9999)} for the "
-        f"{rng.choice(BUILDINGS)} building.",
-        f"The {rng.choice(COMPANIES)} company opened an office in {rng.choice(CITIES)} on "
-        f"{date(rng)}, hiring a {rng.choice(JOBS)} and an archivist.",
-    ])
+    return rng.choice(
+        [
+            (
+                f"The {rng.choice(CITIES)} guild of {rng.choice(JOBS)}s met on {date(rng)} to discuss "
+                f"the {rng.choice(COMPANIES)} company's new contracts."
+            ),
+            (
+                f"Last winter a visiting {rng.choice(JOBS)} from {rng.choice(CITIES)} registered the "
+                f"temporary access code {rng.choice('KQXZ')}V-{rng.randint(1000, 9999)} for the "
+                f"{rng.choice(BUILDINGS)} building."
+            ),
+            (
+                f"The {rng.choice(COMPANIES)} company opened an office in {rng.choice(CITIES)} on "
+                f"{date(rng)}, hiring a {rng.choice(JOBS)} and an archivist."
+            ),
+        ]
+    )
 
 
 @pytest.mark.slow

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -70,6 +71,9 @@ def test_deleted_document_never_comes_back(open_service, tmp_path):
             hits = svc.search(query, top_k=10, filters=filters)
             assert hits and not {h.chunk_id for h in hits} & deleted_ids
             assert all(h.document_id != "owls" for h in hits)
+        # Deleted chunks also leave the index: every live chunk is still reachable.
+        live = sum(d.chunk_count for d in svc.list_documents())
+        assert len(svc.search(query, top_k=live)) == live
 
     assert_gone(service)
     service.close()
@@ -135,8 +139,9 @@ def test_filters_keep_only_matching_documents(open_service):
     service.add_document("Owls are called hiboux in French.", "owls-fr", {"lang": "fr"})
     query = "owl heads and silent flight"
 
-    assert {h.document_id for h in service.search(query, top_k=10, filters={"topic": "cities"})} \
-        == set(CITIES)
+    assert {
+        h.document_id for h in service.search(query, top_k=10, filters={"topic": "cities"})
+    } == set(CITIES)
     french = service.search(query, top_k=5, filters={"lang": "fr"})
     assert [h.document_id for h in french] == ["owls-fr"]
     assert service.search(query, top_k=5, filters={"lang": "de"}) == []
@@ -223,31 +228,25 @@ def test_invalid_input_and_unknown_ids(open_service):
 def test_ingestion_and_search_from_several_threads(open_service):
     service = open_service()
     ingest(service)
-    errors: list[BaseException] = []
     stop = threading.Event()
 
-    def searcher() -> None:
-        try:
-            while not stop.is_set():
-                assert service.search("volcanic heating of houses", top_k=3)
-        except BaseException as error:  # surfaced in the main thread below
-            errors.append(error)
+    def search_until_stopped() -> None:
+        while not stop.is_set():
+            assert service.search("volcanic heating of houses", top_k=3)
 
-    threads = [threading.Thread(target=searcher) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    try:
-        for i in range(12):
-            service.add_document(f"Extra note {i} about geothermal energy in Iceland.", f"x{i % 4}")
-            if i % 3 == 2:
-                service.delete_document(f"x{i % 4}")
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join()
-    assert not errors
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        searchers = [pool.submit(search_until_stopped) for _ in range(2)]
+        try:
+            for i in range(12):
+                service.add_document(f"Extra note {i} about geothermal energy.", f"x{i % 4}")
+                if i % 3 == 2:
+                    service.delete_document(f"x{i % 4}")
+        finally:
+            stop.set()
+        for searcher in searchers:
+            searcher.result()  # re-raises whatever the searcher raised
     live = {d.id for d in service.list_documents()}
-    hits = service.search("geothermal energy in Iceland", top_k=20)
+    hits = service.search("geothermal energy", top_k=20)
     assert {h.document_id for h in hits} <= live
     stored = {c.id for d in live for c in service.chunks_of(d)}
     assert {h.chunk_id for h in hits} <= stored
