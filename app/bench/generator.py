@@ -124,7 +124,7 @@ class QAGenerator:
             if value not in self._used:
                 self._used.add(value)
                 return value
-        raise RuntimeError("the generator ran out of distinct names; lower the number of questions")
+        raise RuntimeError("the generator ran out of distinct names; use fewer documents per question")
 
     def _person(self) -> _Person:
         r = self.rng
@@ -157,16 +157,27 @@ class QAGenerator:
         return self._pad(list(extra) + facts, filler, doc_tokens)
 
     def single(self, docs: int, doc_tokens: int) -> Question:
+        self._used.clear()  # names need only be distinct within one question's documents
         person = self._person()
         attribute = self.rng.choice(list(_fact_sentences(person)))
         _, questions, answers = _fact_sentences(person)[attribute]
         gold = self._person_document(person, doc_tokens)
-        distractors = [self._person_document(self._person(), doc_tokens) for _ in range(docs - 1)]
-        return self._assemble(self.rng.choice(questions), [gold], distractors, answers, "single")
+        return self._assemble(self.rng.choice(questions), [gold], self._distractors(docs - 1, doc_tokens, answers),
+                              answers, "single")
+
+    def _distractors(self, count: int, doc_tokens: int, answers: tuple[str, ...]) -> list[str]:
+        """Documents about other people, none of which contains the answer."""
+        documents: list[str] = []
+        while len(documents) < count:
+            document = self._person_document(self._person(), doc_tokens)
+            if not any(answer in document for answer in answers):
+                documents.append(document)
+        return documents
 
     def two_hop(self, docs: int, doc_tokens: int) -> Question:
         """The question names a person; their document names the organisation they manage (the
         bridge); the organisation's document holds the town the question asks for."""
+        self._used.clear()
         r = self.rng
         person = self._person()
         org = self._unique(lambda: f"{r.choice(ORG_NAME)} {r.choice(ORG_KIND)}")
@@ -181,7 +192,7 @@ class QAGenerator:
         question = r.choice([f"In which town is the organisation directed by {person.name}?",
                              f"Where is the place that {person.name} directs located?",
                              f"In what town does {person.name} work as a director?"])
-        distractors = [self._person_document(self._person(), doc_tokens) for _ in range(docs - 2)]
+        distractors = self._distractors(docs - 2, doc_tokens, (town,))
         return self._assemble(question, [first, second], distractors, (town,), "two-hop")
 
     def _assemble(self, question: str, gold: list[str], distractors: list[str], answers: tuple[str, ...], kind: str) -> Question:
