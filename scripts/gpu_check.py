@@ -35,7 +35,7 @@ def random_llama(device: str, dtype: torch.dtype, smoke: bool) -> Engine:
     sizes["vocab_size"] = max(sizes["vocab_size"], len(tokenizer))
     config = LlamaConfig(**sizes, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
     with torch.device(device):
-        model = AutoModelForCausalLM.from_config(config, torch_dtype=dtype)
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     model.eval()
     loaded = LoadedModel(model, tokenizer, path=None, weights_fingerprint="random-llama-3.1-8b-architecture",
                          device=torch.device(device), dtype=dtype)
