@@ -39,19 +39,49 @@ class Plan:
     reads_stored: bool = True  # False only when every token is recomputed (a full prefill)
 
 
-def visibility_mask(layout: Layout, rows: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:
-    """[R, |P| + N]: what recomputed context tokens `rows` attend to.
+class DocumentAttention:
+    """Attention of recomputed context tokens, one document at a time.
 
-    A token sees, causally, the prefix, every `shared` context token (bool [N]) and every token
-    of its own document; so in SamKV the tokens dropped from other documents stay invisible.
+    A token of document i sees, causally, the prefix, the `shared` context tokens (bool [N]) of
+    earlier documents and every token of its own document; so in SamKV the tokens dropped from
+    other documents stay invisible. Gathering only those keys per document, instead of masking
+    the whole layer, keeps the cost proportional to what each token may see.
     """
-    prefix = torch.ones(layout.prefix_len, dtype=torch.bool)
-    col_shared = torch.cat([prefix, shared])  # [P + N]
-    col_doc = torch.cat([torch.full((layout.prefix_len,), -1), layout.doc_of])
-    col_pos = torch.arange(layout.prefix_len + layout.context_len)
-    row_pos, row_doc = layout.positions[rows], layout.doc_of[rows]
-    causal = col_pos[None, :] <= row_pos[:, None]
-    return causal & (col_shared[None, :] | (col_doc[None, :] == row_doc[:, None]))
+
+    def __init__(self, layout: Layout, rows: torch.Tensor, shared: torch.Tensor, device: torch.device) -> None:
+        P = layout.prefix_len
+        every_shared = bool(shared.all())
+        self.parts: list[tuple[torch.Tensor, slice | torch.Tensor, torch.Tensor]] = []
+        row_doc = layout.doc_of[rows]
+        for doc in torch.unique(row_doc).tolist():
+            offset, length = int(layout.offsets[doc]), layout.lengths[doc]
+            end = P + offset + length
+            if every_shared:
+                columns: slice | torch.Tensor = slice(0, end)
+                column_pos = torch.arange(end)
+            else:
+                earlier = P + (shared[:offset].nonzero().squeeze(1))
+                columns = torch.cat([torch.arange(P), earlier, torch.arange(P + offset, end)])
+                column_pos = columns
+            mine = (row_doc == doc).nonzero().squeeze(1)
+            mask = column_pos[None, :] <= layout.positions[rows[mine]][:, None]
+            index = columns if isinstance(columns, slice) else columns.to(device)
+            self.parts.append((mine.to(device), index, mask.to(device)))
+
+    def __call__(
+        self, ops: ModelOps, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, meter: KVMeter
+    ) -> torch.Tensor:
+        """q [H, R, d] over the layer's keys and values [KVH, |P| + N, d] -> [R, H * d]."""
+        out = torch.empty(q.shape[1], q.shape[0] * q.shape[2], dtype=q.dtype, device=q.device)
+        for mine, columns, mask in self.parts:
+            seen_keys, seen_values = keys[:, columns], values[:, columns]
+            gathered = not isinstance(columns, slice)  # an index makes copies, a slice views
+            if gathered:
+                meter.hold(seen_keys, seen_values)
+            out[mine] = ops.attend(q[:, mine], seen_keys, seen_values, mask)
+            if gathered:
+                meter.release(seen_keys, seen_values)
+        return out
 
 
 def align_layer(
@@ -102,7 +132,7 @@ def assemble(
     keep_slots = torch.cat([torch.arange(P), P + plan.keep]).to(ops.device)
     shared = torch.zeros(N, dtype=torch.bool)
     shared[plan.keep] = True
-    mask = visibility_mask(layout, rows, shared).to(ops.device) if rows.numel() else None
+    attention = DocumentAttention(layout, rows, shared, ops.device)
     hidden = ops.embed(token_ids[rows]) if rows.numel() else None  # [R, hidden]
     for layer in range(shape.num_layers):
         if plan.reads_stored:
@@ -121,11 +151,11 @@ def assemble(
             if plan.narrowing is not None and layer == plan.narrowing.layer:
                 chosen = plan.narrowing.choose(k, v, keys[:, slots], values[:, slots])
             keys[:, slots], values[:, slots] = k, v
-            hidden = ops.finish(layer, hidden, ops.attend(q, keys, values, mask))
+            hidden = ops.finish(layer, hidden, attention(ops, q, keys, values, meter))
             if chosen is not None:
                 chosen = chosen.sort().values
                 hidden, rows = hidden[chosen.to(ops.device)], rows[chosen.cpu()]
-                mask = visibility_mask(layout, rows, shared).to(ops.device) if rows.numel() else None
+                attention = DocumentAttention(layout, rows, shared, ops.device)
         cache.write_layer(layer, 0, keys[:, keep_slots], values[:, keep_slots])
         meter.release(keys, values)
     cache.length = P + int(plan.keep.numel())
