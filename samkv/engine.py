@@ -21,6 +21,7 @@ from samkv.forward import Recording, forward_tokens
 from samkv.layers import ModelOps
 from samkv.layout import Layout
 from samkv.methods import Method, PlanContext, make_method
+from samkv.methods.base import ProbeFn
 from samkv.probe import ProbeScores, run_probe
 from samkv.prompt import NEUTRAL_QUESTION, PromptTemplate, PromptTokenizer
 from samkv.runtime import LoadedModel, load_model
@@ -297,7 +298,7 @@ class Engine:
         context_ids = torch.cat([m.token_ids for m in metas]) if metas else torch.empty(0, dtype=torch.long)
         return _Request(method_obj, source, layout, context_ids, question_ids)
 
-    def _probe(self, request: _Request, meter: KVMeter) -> Any:
+    def _probe(self, request: _Request, meter: KVMeter) -> ProbeFn:
         def probe(layers: range, with_complement: bool, summary_window: int) -> ProbeScores:
             source = request.source
             if summary_window != self.summary_window:

@@ -102,7 +102,7 @@ def run_probe(
         out = torch.matmul(probs.to(ops.dtype), values.repeat_interleave(group, dim=0))  # [H, T, d]
         hidden = ops.finish(layer, hidden, out.transpose(0, 1).reshape(tq + tn, -1))
         meter.release(keys, values)
-    count = max(1, len([layer for layer in layers if layer < ops.shape.num_layers]))
+    count = max(1, len(layers))  # the band is validated against the model's depth
     return ProbeScores(
         question=totals["question"].cpu() / count,
         neutral=totals["neutral"].cpu() / count,
