@@ -12,8 +12,9 @@ from typing import Any
 
 import torch
 
-from samkv.assembly import assemble
+from samkv.assembly import DocumentAttention, assemble
 from samkv.cache import KVCache, KVMeter
+from samkv.complement import entity_match_scores, entity_tokens, reprobe_scores
 from samkv.decoding import Sampler, TextPieces, stop_token_ids
 from samkv.document import DocumentKV, DocumentSource, InMemorySource
 from samkv.errors import ContextTooLong, FingerprintMismatch, InvalidRequest, ReuseRefused
@@ -58,7 +59,8 @@ class _Request:
     source: DocumentSource
     layout: Layout
     context_ids: torch.Tensor  # [N]
-    question_ids: torch.Tensor  # [|Q|]
+    question_ids: torch.Tensor  # [|Q|], the answer prefix included
+    neutral_ids: torch.Tensor  # the neutral probe question, with the same answer prefix
 
 
 @dataclass
@@ -179,7 +181,6 @@ class Engine:
         self.prefix_ids = self.prompt.prefix()
         self.prefix = self._new_cache(self.prefix_len, KVMeter())
         forward_tokens(self.ops, self.prefix, self.prefix_ids, torch.arange(self.prefix_len))
-        self.neutral_ids = self.prompt.question(NEUTRAL_QUESTION)
         self.reuse_refusal: str | None = None
         if self_check:
             self.self_check()
@@ -243,18 +244,7 @@ class Engine:
                 f"prefix in the model's {self.max_context}-token context; split it into smaller chunks"
             )
         layout = Layout.of(self.prefix_len, lengths)
-        positions = self.prefix_len + torch.cat([torch.arange(n) for n in lengths])
-        total = layout.context_len
-        same_doc = layout.doc_of[:, None] == layout.doc_of[None, :]
-        causal = torch.arange(total)[None, :] <= torch.arange(total)[:, None]
-        mask = torch.cat([torch.ones(total, self.prefix_len, dtype=torch.bool), same_doc & causal], dim=1)
-        cache = self._new_cache(self.prefix_len + total, KVMeter())
-        for layer in range(self.ops.shape.num_layers):
-            k, v = self.prefix.layer(layer)
-            cache.write_layer(layer, 0, k, v)
-        cache.length = self.prefix_len
-        record = Recording()
-        forward_tokens(self.ops, cache, torch.cat(ids), positions, mask=mask.to(self.device), record=record)
+        record = self._encode_layers(torch.cat(ids), layout)
         documents = []
         for i, (offset, length) in enumerate(zip(layout.offsets.tolist(), lengths)):
             window = slice(offset + length - min(self.summary_window, length), offset + length)
@@ -270,9 +260,37 @@ class Engine:
             )
         return documents
 
+    def _encode_layers(self, token_ids: torch.Tensor, layout: Layout) -> Recording:
+        """Pre-RoPE KV and queries of every layer for documents that each see only P and themselves.
+
+        Each document attends over its own keys (DocumentAttention with nothing shared), so the
+        cost grows with the sum of the squared lengths rather than the square of their total.
+        """
+        P, N = self.prefix_len, layout.context_len
+        shape = self.ops.shape
+        meter = KVMeter()
+        attention = DocumentAttention(layout, layout.all_tokens(), torch.zeros(N, dtype=torch.bool), self.device)
+        positions = (P + torch.arange(N) - layout.offsets[layout.doc_of]).to(self.device)
+        keys = torch.empty(shape.num_kv_heads, P + N, shape.head_dim, dtype=self.dtype, device=self.device)
+        values = torch.empty_like(keys)
+        record = Recording()
+        hidden = self.ops.embed(token_ids)
+        for layer in range(shape.num_layers):
+            keys[:, :P], values[:, :P] = self.prefix.layer(layer)
+            q, k, v = self.ops.qkv(layer, hidden)
+            record.keys.append(k)
+            record.values.append(v)
+            record.queries.append(q)
+            keys[:, P:], values[:, P:] = self.ops.rope(k, positions), v
+            hidden = self.ops.finish(layer, hidden, attention(self.ops, self.ops.rope(q, positions), keys, values, meter))
+        return record
+
     # ----- requests ---------------------------------------------------------------------------
 
-    def _request(self, question: str, documents: Documents, method: str, params: dict[str, Any], extra: int) -> _Request:
+    def _request(
+        self, question: str, documents: Documents, method: str, params: dict[str, Any], extra: int,
+        answer_prefix: str = "",
+    ) -> _Request:
         if not isinstance(question, str) or not question.strip():
             raise InvalidRequest("the question is empty")
         method_obj = make_method(method, **params)
@@ -287,7 +305,9 @@ class Engine:
                     f"(fingerprint {meta.fingerprint[:12]}…, expected {self.fingerprint[:12]}…); re-encode it"
                 )
         layout = Layout.of(self.prefix_len, [m.length for m in metas])
-        question_ids = self.prompt.question(question)
+        if not isinstance(answer_prefix, str):
+            raise InvalidRequest("answer_prefix must be a string")
+        question_ids = self.prompt.question(question, answer_prefix)
         needed = layout.question_start + question_ids.numel() + extra
         if needed > self.max_context:
             raise ContextTooLong(
@@ -296,7 +316,8 @@ class Engine:
                 f"model's context holds {self.max_context}; retrieve fewer or shorter documents"
             )
         context_ids = torch.cat([m.token_ids for m in metas]) if metas else torch.empty(0, dtype=torch.long)
-        return _Request(method_obj, source, layout, context_ids, question_ids)
+        neutral_ids = self.prompt.question(NEUTRAL_QUESTION, answer_prefix)
+        return _Request(method_obj, source, layout, context_ids, question_ids, neutral_ids)
 
     def _probe(self, request: _Request, meter: KVMeter) -> ProbeFn:
         def probe(layers: range, with_complement: bool, summary_window: int) -> ProbeScores:
@@ -305,15 +326,27 @@ class Engine:
                 source = _SummaryWindow(source, summary_window)
             return run_probe(
                 self.ops, self.prefix, source, request.layout, request.question_ids,
-                self.neutral_ids, layers, meter, with_complement,
+                request.neutral_ids, layers, meter, with_complement,
             )
 
         return probe
 
+    def _entities(self, context_ids: torch.Tensor) -> torch.Tensor:
+        return entity_tokens(self.tokenizer.convert_ids_to_tokens(context_ids.tolist()))
+
     def _build(self, request: _Request, extra: int) -> _Built:
         """Runs the method: the decoding cache [P ; kept context] with room for `extra` tokens."""
         meter = KVMeter()
-        context = PlanContext(request.layout, self.ops.shape.num_layers, self._probe(request, meter))
+        context = PlanContext(
+            request.layout, self.ops.shape.num_layers, self._probe(request, meter),
+            reprobe=lambda kept, layers: reprobe_scores(
+                self.ops, self.prefix, request.source, request.layout, request.context_ids, kept,
+                request.question_ids, layers, meter,
+            ),
+            entity_match=lambda kept, layers: entity_match_scores(
+                request.source, request.layout, kept, self._entities(request.context_ids), layers,
+            ),
+        )
         started = time.perf_counter()
         plan = request.method.plan(context)
         planned = time.perf_counter()
@@ -334,6 +367,7 @@ class Engine:
         top_p: float = 1.0,
         seed: int | None = None,
         score_answer: str | None = None,
+        answer_prefix: str = "",
         **params: Any,
     ) -> GenerationStream:
         """Answers `question` from `documents` (prompt order), yielding text pieces as decoded.
@@ -342,6 +376,8 @@ class Engine:
         here, before any work; iterating does the work, and `stats` is set once it ends.
         With `score_answer`, `answer_logprob` is also set at the end: that answer's mean
         log-probability per token over the same cache (what `answer_logprob` computes).
+        `answer_prefix` starts the answer in the prompt (e.g. "The answer is:") so a small model
+        replies with the answer itself; the text returned is what follows it.
         """
         if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
             raise InvalidRequest(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
@@ -352,7 +388,7 @@ class Engine:
             if answer_ids.numel() == 0:
                 raise InvalidRequest("the answer to score is empty")
         extra = max(max_new_tokens, 0 if answer_ids is None else answer_ids.numel())
-        request = self._request(question, documents, method, params, extra=extra)
+        request = self._request(question, documents, method, params, extra=extra, answer_prefix=answer_prefix)
         return GenerationStream(self, request, max_new_tokens, sampler, answer_ids)
 
     def generate(self, question: str, documents: Documents = (), method: str = "samkv", **kwargs: Any) -> Generation:

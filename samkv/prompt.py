@@ -84,9 +84,10 @@ class PromptTokenizer:
     def document(self, text: str) -> torch.Tensor:
         return self._ids(text.strip() + self.template.document_separator)
 
-    def question(self, text: str) -> torch.Tensor:
+    def question(self, text: str, answer_prefix: str = "") -> torch.Tensor:
+        """Q: the question in its turn, then the start of the answer turn and `answer_prefix`."""
         t = self.template
-        return self._ids(f"{t.question_head}{text.strip()}{t.question_tail}")
+        return self._ids(f"{t.question_head}{text.strip()}{t.question_tail}{answer_prefix}")
 
     def answer(self, text: str) -> torch.Tensor:
         return self._ids(text)

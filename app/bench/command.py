@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import shlex
 import sys
@@ -16,6 +17,9 @@ from tqdm import tqdm
 logger = logging.getLogger(__name__)
 
 ALL_METHODS = "full,naive,cacheblend,epic,snapkv,samkv"
+# The embedded model restates the question in a sentence unless its answer is started for it,
+# which makes exact match meaningless; every method gets the same prefix.
+ANSWER_PREFIX = "The answer is:"
 
 
 def _floats(text: str) -> list[float]:
@@ -51,6 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="samkv ablations run at --ablation-ratio ('' for none)")
     parser.add_argument("--ablation-ratio", type=float, default=0.15)
     parser.add_argument("--max-new-tokens", type=int, default=16)
+    parser.add_argument("--answer-prefix", default=ANSWER_PREFIX,
+                        help="text that starts every answer in the prompt, so the model replies with the answer itself")
     parser.add_argument("--dataset", type=Path, help="a LongBench-style JSON/JSONL file instead of generated data")
     parser.add_argument("--cache-tier", choices=("memory", "disk", "redis"), default="disk",
                         help="where document caches are loaded from (time to first token includes it)")
@@ -116,23 +122,42 @@ def run(args: argparse.Namespace) -> int:
         args.methods, args.keep_ratios, ablations, args.ablation_ratio,
         {"samkv": {k: _parse_value(v) for k, v in samkv_params.items()}},
     )
-    with tempfile.TemporaryDirectory(prefix="samkv-bench-") as scratch:
+    args.out.mkdir(parents=True, exist_ok=True)
+    records: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="samkv-bench-") as scratch, \
+            (args.out / "records.partial.jsonl").open("w") as live:
         put, source, store = _store_source_factory(args.cache_tier, engine, Path(scratch), args.redis_url)
         bar = tqdm(total=len(questions) * len(configs), desc="bench", unit="run")
-        records = run_questions(
-            engine, questions, configs, args.max_new_tokens, source_factory=source,
-            on_encoded=put, on_step=bar.update,
-        )
-        bar.close()
-        store.close()
+
+        def step(record: dict[str, Any]) -> None:
+            records.append(record)
+            live.write(json.dumps(record) + "\n")
+            live.flush()
+            bar.update()
+
+        try:
+            run_questions(engine, questions, configs, args.max_new_tokens, args.answer_prefix, source_factory=source,
+                          on_encoded=put, on_step=step)
+        except KeyboardInterrupt:
+            # A long run stopped early still reports, over the questions every configuration answered.
+            done = len(records) // len(configs)
+            records = records[: done * len(configs)]
+            questions = questions[:done]
+            logger.warning("interrupted: reporting the %d questions completed by every configuration", done)
+        finally:
+            bar.close()
+            store.close()
+    if not records:
+        return 1
     rows = summarise(records, configs)
     meta = {
         "command": "samkv-rag bench " + " ".join(shlex.quote(a) for a in sys.argv[2:]),
         "questions": len(questions), "docs": args.docs, "doc_tokens": args.doc_tokens,
         "device": str(engine.device), "dtype": str(engine.dtype), "cache_tier": args.cache_tier,
-        "two_hop_fraction": args.two_hop_fraction, "seed": args.seed,
+        "two_hop_fraction": args.two_hop_fraction, "seed": args.seed, "answer_prefix": args.answer_prefix,
     }
     files = write_report(args.out, rows, records, meta)
+    (args.out / "records.partial.jsonl").unlink()
     print((args.out / "results.md").read_text())
     print("wrote " + ", ".join(str(f) for f in files))
     return 0
@@ -152,28 +177,46 @@ def run_store(args: argparse.Namespace) -> int:
     import statistics
 
     from app.bench.generator import QAGenerator
-    from kvstore.benchmark import run_benchmark
+    from kvstore.benchmark import format_table, run_benchmark
     from samkv import Engine
 
     with tempfile.TemporaryDirectory(prefix="samkv-bench-store-") as scratch:
         data_dir = args.data_dir or Path(scratch)
         print("tier throughput (embedded model shapes):")
-        run_benchmark(data_dir / "throughput", args.redis_url)
+        throughput = run_benchmark(
+            data_dir / "throughput", args.redis_url, docs=args.docs, doc_tokens=args.doc_tokens,
+            repeats=args.repeats,
+        )
+        print(format_table(throughput))
         engine = Engine.load()
         item = QAGenerator(engine.count_tokens, seed=0).single(args.docs, args.doc_tokens)
         documents = engine.encode_documents(list(item.documents))
         print(f"\nsamkv (keep_ratio 0.15) time to first token, {args.docs} documents, caches loaded from each tier:")
-        results = {}
+        sources = {}
         for tier in ("memory", "redis", "disk"):
             put, source, store = _store_source_factory(tier, engine, data_dir / "ttft", args.redis_url)
             put(documents, list(item.documents))
-            times = []
-            for _ in range(args.repeats):
+            sources[tier] = (source, store)
+
+        def reading_s(store) -> float:
+            # The store times every header, layer and prefetch read it serves.
+            return sum(store.stats().get("load_seconds", {}).values())
+
+        ttft: dict[str, list[float]] = {tier: [] for tier in sources}
+        reading: dict[str, list[float]] = {tier: [] for tier in sources}
+        # The tiers take turns in every round, so that all of them see the same background load.
+        for _ in range(args.repeats):
+            for tier, (source, store) in sources.items():
+                before = reading_s(store)
                 # Opening the source (locating every document, reading headers) is part of the wait.
                 started = time.perf_counter()
                 engine.generate(item.question, source(documents), "samkv", max_new_tokens=1)
-                times.append((time.perf_counter() - started) * 1000)
+                ttft[tier].append((time.perf_counter() - started) * 1000)
+                reading[tier].append((reading_s(store) - before) * 1000)
+        for _, store in sources.values():
             store.close()
-            results[tier] = statistics.median(times)
-            print(f"  {tier:7s} {results[tier]:8.1f} ms  ({results[tier] / results['memory']:.2f}× memory)")
+        memory_ms = statistics.median(ttft["memory"])
+        for tier in sources:
+            ms, read_ms = statistics.median(ttft[tier]), statistics.median(reading[tier])
+            print(f"  {tier:7s} {ms:8.1f} ms  ({ms / memory_ms:.2f}× memory), of which reading caches {read_ms:6.1f} ms")
     return 0

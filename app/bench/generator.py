@@ -151,8 +151,12 @@ class QAGenerator:
             text = " ".join(body)
         return text
 
-    def _person_document(self, person: _Person, doc_tokens: int, extra: list[str] = ()) -> str:
-        facts = [self.rng.choice(phrasings) for phrasings, _, _ in _fact_sentences(person).values()]
+    def _person_document(
+        self, person: _Person, doc_tokens: int, extra: list[str] = (), without: str | None = None
+    ) -> str:
+        """A person's facts among filler; `without` names an attribute left out."""
+        facts = [self.rng.choice(phrasings) for attribute, (phrasings, _, _) in _fact_sentences(person).items()
+                 if attribute != without]
         filler = [f.format(name=person.name) for f in FILLER]
         return self._pad(list(extra) + facts, filler, doc_tokens)
 
@@ -162,14 +166,18 @@ class QAGenerator:
         attribute = self.rng.choice(list(_fact_sentences(person)))
         _, questions, answers = _fact_sentences(person)[attribute]
         gold = self._person_document(person, doc_tokens)
-        return self._assemble(self.rng.choice(questions), [gold], self._distractors(docs - 1, doc_tokens, answers),
-                              answers, "single")
+        distractors = self._distractors(docs - 1, doc_tokens, answers, attribute)
+        return self._assemble(self.rng.choice(questions), [gold], distractors, answers, "single")
 
-    def _distractors(self, count: int, doc_tokens: int, answers: tuple[str, ...]) -> list[str]:
-        """Documents about other people, none of which contains the answer."""
+    def _distractors(self, count: int, doc_tokens: int, answers: tuple[str, ...], asked: str) -> list[str]:
+        """Documents about other people that never state the asked attribute nor contain the answer.
+
+        Stating the same attribute of someone else would turn a lookup into name disambiguation
+        among near-identical sentences, which the embedded model fails even with the full prompt.
+        """
         documents: list[str] = []
         while len(documents) < count:
-            document = self._person_document(self._person(), doc_tokens)
+            document = self._person_document(self._person(), doc_tokens, without=asked)
             if not any(answer in document for answer in answers):
                 documents.append(document)
         return documents
@@ -185,14 +193,14 @@ class QAGenerator:
         link = r.choice([f"{person.name} is the director of the {org}.",
                          f"The {org} is run by its director, {person.name}.",
                          f"{person.name} has directed the {org} for years."])
-        first = self._person_document(person, doc_tokens, extra=[link])
+        first = self._person_document(person, doc_tokens, extra=[link], without="town")
         located = r.choice([f"The {org} is located in {town}.", f"The {org} stands in the town of {town}.",
                             f"Visitors find the {org} in {town}."])
         second = self._pad([located], [f.format(org=org) for f in ORG_FILLER], doc_tokens)
         question = r.choice([f"In which town is the organisation directed by {person.name}?",
                              f"Where is the place that {person.name} directs located?",
                              f"In what town does {person.name} work as a director?"])
-        distractors = self._distractors(docs - 2, doc_tokens, (town,))
+        distractors = self._distractors(docs - 2, doc_tokens, (town,), "town")
         return self._assemble(question, [first, second], distractors, (town,), "two-hop")
 
     def _assemble(self, question: str, gold: list[str], distractors: list[str], answers: tuple[str, ...], kind: str) -> Question:

@@ -19,6 +19,10 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "global_budget=False": {"global_budget": False},
     "debias=False": {"debias": False},
     "block_size=1": {"block_size": 1},
+    # The complementary term's formulations (samkv.complement), each at its own λ.
+    "complement=summary": {"complement_mode": "summary", "complement_weight": 0.5},
+    "complement=reprobe": {"complement_mode": "reprobe", "complement_weight": 0.3},
+    "complement=entity": {"complement_mode": "entity", "complement_weight": 0.3},
 }
 
 
@@ -68,15 +72,16 @@ def run_questions(
     questions: Sequence[Question],
     configs: Sequence[MethodConfig],
     max_new_tokens: int = 16,
+    answer_prefix: str = "",
     source_factory: SourceFactory | None = None,
     on_encoded: Callable[[list[DocumentKV], list[str]], None] | None = None,
-    on_step: Callable[[], None] | None = None,
+    on_step: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
     """One record per (question, configuration).
 
     `on_encoded` receives each question's caches once (e.g. to store them); `source_factory`
     then opens them for every configuration, and the time it takes counts towards the time to
-    first token, as it would in the service.
+    first token, as it would in the service. `on_step` receives each record as it is made.
     """
     records: list[dict[str, Any]] = []
     for index, item in enumerate(questions):
@@ -90,12 +95,12 @@ def run_questions(
             load_ms = (time.perf_counter() - opened) * 1000
             out = engine.generate(
                 item.question, source, config.method, max_new_tokens=max_new_tokens,
-                score_answer=item.answers[0], **config.params,
+                score_answer=item.answers[0], answer_prefix=answer_prefix, **config.params,
             )
             if config.method == "full" and not config.params:
                 full_text = out.text
             stats = {**out.stats, "ttft_ms": out.stats["ttft_ms"] + load_ms}
-            records.append({
+            record = {
                 "question_index": index,
                 "kind": item.kind,
                 "label": config.label,
@@ -112,9 +117,10 @@ def run_questions(
                     "ttft_ms", "tokens_per_s", "kv_bytes_decode", "kv_bytes_peak", "recomputed_tokens",
                     "kept_tokens", "context_tokens", "total_ms",
                 )},
-            })
+            }
+            records.append(record)
             if on_step:
-                on_step()
+                on_step(record)
     return records
 
 

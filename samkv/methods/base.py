@@ -16,15 +16,19 @@ from samkv.probe import ProbeScores
 
 # (layers to average over, with the complement term, summary window w) -> scores
 ProbeFn = Callable[[range, bool, int], ProbeScores]
+# (first-stage kept context indices, layers to average over) -> second-stage scores [N]
+StageFn = Callable[[torch.Tensor, range], torch.Tensor]
 
 
 @dataclass(frozen=True)
 class PlanContext:
-    """What a method may look at to decide: the layout, the model's depth, and a probe it may run."""
+    """What a method may look at to decide: the layout, the model's depth, and the probes it may run."""
 
     layout: Layout
     num_layers: int
     probe: ProbeFn
+    reprobe: StageFn  # the question over the first stage's recomputed compact cache
+    entity_match: StageFn  # key similarity to the first stage's kept entity tokens
 
 
 class Method(ABC):

@@ -45,6 +45,18 @@ def test_generator_is_deterministic_and_hides_each_answer_in_its_gold_documents(
             assert person not in item.documents[holders[0]]
 
 
+def test_distractors_never_state_the_asked_attribute(count_tokens):
+    """Only the gold document says anyone's locker code / sheep count / ...: a lookup, not a guess
+    between near-identical sentences about different people."""
+    date, town, job = ("born", "birth"), ("lives in", "home town", "house in"), ("works as", "profession", "living as")
+    markers = {"locker": ("locker",), "sheep": ("sheep",), "flock": ("sheep",), "rowing": ("rowing club",),
+               "born": date, "birth": date, "town": town, "live": town, "work": job, "job": job, "profession": job}
+    for item in QAGenerator(count_tokens, seed=5).questions(16, 6, 150):
+        marker = next(m for key, m in markers.items() if key in item.question)
+        stating = [i for i, doc in enumerate(item.documents) if any(phrase in doc for phrase in marker)]
+        assert stating == list(item.gold_documents), (item.question, marker)
+
+
 def _names(question: str) -> list[str]:
     words = question.rstrip("?").split()
     return [f"{a} {b}" for a, b in itertools.pairwise(words) if a[:1].isupper() and b[:1].isupper()]

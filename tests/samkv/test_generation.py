@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from samkv.decoding import TextPieces
 from tests.conftest import DOCUMENTS
@@ -75,3 +76,18 @@ def test_answer_logprob_prefers_the_gold_answer_and_matches_scored_generation(em
         assert gold > wrong
         scored = embedded_engine.generate(question, docs, method=method, max_new_tokens=4, score_answer="4471")
         assert abs(scored.answer_logprob - gold) < 1e-4
+
+
+def test_answer_prefix_starts_the_answer_turn(tiny_engine):
+    engine = tiny_engine("llama")
+    docs = engine.encode_documents(DOCUMENTS[:2])
+    question, lead = "Who is the harbour master?", "The answer is:"
+    ids = engine.prompt.question(question, lead)
+    assert engine.tokenizer.decode(ids).endswith(engine.template.question_tail + lead)
+    led = engine.generate(question, docs, method="full", max_new_tokens=1, answer_prefix=lead)
+    whole = torch.cat([engine.prefix_ids, *(d.token_ids for d in docs), ids])
+    with torch.inference_mode():
+        expected = int(engine.loaded.model(whole[None]).logits[0, -1].argmax())
+    assert led.token_ids == [expected]
+    plain = engine.generate(question, docs, method="full", max_new_tokens=1)
+    assert plain.stats["kv_bytes_decode"] < led.stats["kv_bytes_decode"]

@@ -27,7 +27,13 @@ def test_naive_with_one_document_equals_full(tiny_engine, family):
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize(
     "method, params",
-    [("samkv", {"keep_ratio": 1.0}), ("cacheblend", {"recompute_ratio": 1.0}), ("epic", {"k": 10_000})],
+    [
+        ("samkv", {"keep_ratio": 1.0}),
+        ("samkv", {"keep_ratio": 1.0, "complement_mode": "reprobe", "complement_weight": 0.5}),
+        ("samkv", {"keep_ratio": 1.0, "complement_mode": "entity", "complement_weight": 0.5}),
+        ("cacheblend", {"recompute_ratio": 1.0}),
+        ("epic", {"k": 10_000}),
+    ],
 )
 def test_full_recompute_equals_full_on_several_documents(tiny_engine, family, method, params):
     engine = tiny_engine(family)

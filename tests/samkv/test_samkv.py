@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from samkv.assembly import align_layer
+from samkv.complement import entity_match_scores, entity_tokens
+from samkv.errors import InvalidRequest
 from samkv.layout import Layout
 from samkv.selection import select_blocks
 from tests.conftest import DOCUMENTS
@@ -124,3 +127,61 @@ def test_peak_kv_of_samkv_is_a_fraction_of_full(tiny_engine):
     sparse = engine.generate(QUESTION, docs, method="samkv", keep_ratio=0.15, max_new_tokens=4).stats
     assert sparse["kv_bytes_peak"] < 0.3 * full["kv_bytes_peak"]
     assert sparse["kv_bytes_decode"] < 0.2 * full["kv_bytes_decode"]
+
+
+@pytest.mark.parametrize("mode", ["reprobe", "entity"])
+def test_two_stage_complement_spends_the_same_budget_around_the_first_stage(tiny_engine, mode):
+    engine = tiny_engine("llama")
+    docs = engine.encode_documents(DOCUMENTS)
+    n_tokens = sum(d.length for d in docs)
+    _, alone = _build(engine, docs, keep_ratio=0.5 * 0.4, block_size=4)
+    _, both = _build(engine, docs, keep_ratio=0.4, complement_mode=mode, complement_weight=0.5, block_size=4)
+    assert set(alone.keep.tolist()) < set(both.keep.tolist()), "the first stage's tokens stay"
+    assert both.keep.numel() == math.ceil(0.4 * n_tokens)
+    assert both.recomputed == both.keep.numel()
+
+
+def test_two_stage_share_must_leave_the_first_stage_something(tiny_engine):
+    engine = tiny_engine("llama")
+    docs = engine.encode_documents(DOCUMENTS[:2])
+    with pytest.raises(InvalidRequest, match="below 1"):
+        engine.generate(QUESTION, docs, "samkv", complement_mode="entity", complement_weight=1.0)
+    with pytest.raises(InvalidRequest, match="complement_mode must be one of"):
+        engine.generate(QUESTION, docs, "samkv", complement_mode="psychic")
+
+
+def test_entity_tokens_are_capitalised_words_and_numbers(embedded_tokenizer):
+    text = "the Oriel bank code is 4471 and it opens daily"
+    tokens = embedded_tokenizer.convert_ids_to_tokens(embedded_tokenizer(text)["input_ids"])
+    marked = "".join(t for t, m in zip(tokens, entity_tokens(tokens).tolist()) if m).replace("Ġ", " ")
+    assert "Oriel" in marked and "4471" in marked
+    assert marked.replace("Oriel", "").replace("4471", "").strip() == "", marked
+
+
+def test_second_stage_reprobe_reaches_the_bridged_document(embedded_engine):
+    """The question names the Harlow Suite; only document 0 links it to Edvin Marsk, whose
+    birthplace is in document 2. The question over the first stage's cache must add document 2's blocks."""
+    docs = embedded_engine.encode_documents(BRIDGE)
+    question = "In which town was the composer of the Harlow Suite born?"
+    kept = {}
+    for weight in (0.0, 0.5):
+        request, built = _build(embedded_engine, docs, question, keep_ratio=0.3, block_size=4,
+                                complement_mode="reprobe", complement_weight=weight)
+        kept[weight] = set(built.keep[request.layout.doc_of[built.keep] == 2].tolist())
+    assert kept[0.0] != kept[0.5]
+
+
+def test_entity_matching_finds_the_same_name_in_another_document(embedded_engine):
+    texts = ["Our guide today is Edvin Marsk of the museum.", "Apples and pears grow in the orchard.",
+             "Tomorrow the talk is given by Edvin Marsk again."]
+    docs = embedded_engine.encode_documents(texts)
+    request = embedded_engine._request("Who is the guide?", docs, "samkv", {}, extra=0)
+    tokens = embedded_engine.tokenizer.convert_ids_to_tokens(request.context_ids.tolist())
+    entities = entity_tokens(tokens)
+    first = request.layout.doc_of == 0
+    kept = (first & entities).nonzero().squeeze(1)
+    scores = entity_match_scores(request.source, request.layout, kept, entities, range(1))
+    assert torch.all(scores[first] == 0), "a context is never scored by its own entities"
+    best = torch.topk(scores, kept.numel()).indices
+    assert [tokens[i] for i in sorted(best.tolist())] == [tokens[i] for i in kept.tolist()]
+    assert torch.all(request.layout.doc_of[best] == 2)
