@@ -31,7 +31,7 @@ from kvstore.serialization import (
     serialize,
 )
 from kvstore.store import StoreSource, TieredStore, open_store
-from kvstore.tier import Tier
+from kvstore.tier import LayerReader, Tier
 
 __all__ = [
     "LAYOUT_VERSION",
@@ -42,6 +42,7 @@ __all__ = [
     "FingerprintMismatch",
     "JobProgress",
     "KVStoreError",
+    "LayerReader",
     "MemoryTier",
     "PrecomputeJob",
     "Precomputer",

@@ -6,21 +6,23 @@ import contextlib
 import errno
 import os
 import tempfile
+import weakref
 from pathlib import Path
 
+import numpy as np
 import torch
-from safetensors import SafetensorError, safe_open
 
+from kvstore.blob import BlobIndex
 from kvstore.errors import CorruptEntry, StoreWriteError, TierUnavailable
 from kvstore.keys import StoreKey
 from kvstore.serialization import (
     Header,
     StoredDocument,
-    from_blob,
-    layer_entry,
+    read_blob,
+    read_blob_header,
+    read_blob_layer,
+    read_token_ids,
     to_blob,
-    verify_layer,
-    verify_token_ids,
 )
 
 _SUFFIX = ".safetensors"
@@ -30,7 +32,8 @@ _TEMP_SUFFIX = ".tmp"
 class DiskTier:
     """Files written atomically (temp file in the same folder, fsync, rename), read lazily per layer.
 
-    A reader sees either the previous complete file or the new complete file, never a partial one.
+    A reader sees either the previous complete file or the new complete file, never a partial one:
+    every read works on one open file, whose inode outlives a rename over it or a delete.
     """
 
     name = "disk"
@@ -83,13 +86,8 @@ class DiskTier:
                     os.unlink(tmp_name)
 
     def get(self, key: StoreKey) -> StoredDocument | None:
-        try:
-            blob = self.path(key).read_bytes()
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            raise TierUnavailable(f"cannot read {self.path(key)}: {exc}") from exc
-        return from_blob(blob, key.fingerprint_hash)
+        with self._open(key) as f:
+            return None if f is None else read_blob(f, key.fingerprint_hash)
 
     def delete(self, key: StoreKey) -> bool:
         try:
@@ -105,10 +103,8 @@ class DiskTier:
         with self._open(key) as f:
             if f is None:
                 return None
-            header = self._header(f, key)
-            token_ids = self._tensor(f, "token_ids")
-        verify_token_ids(header, token_ids)
-        return header, token_ids
+            header, index = self._read_file_header(f, key)
+            return header, read_token_ids(f, index, header)
 
     def read_layer(
         self, key: StoreKey, layer: int
@@ -116,49 +112,118 @@ class DiskTier:
         with self._open(key) as f:
             if f is None:
                 return None
-            header = self._header(f, key)
-            if not 0 <= layer < header.n_layers:
-                raise IndexError(
-                    f"layer {layer} out of range for a {header.n_layers}-layer document"
-                )
-            tensors = {
-                name: self._tensor(f, layer_entry(layer, name)) for name in header.layer_spec()
-            }
-        verify_layer(header, layer, tensors)
-        return header, tensors
+            header, index = self._read_file_header(f, key)
+            return header, read_blob_layer(f, index, header, layer)
+
+    def open_reader(self, key: StoreKey) -> DiskReader | None:
+        f = self._open_file(key)
+        if f is None:
+            return None
+        try:
+            header, index = self._read_file_header(f, key)
+            token_ids = read_token_ids(f, index, header)
+        except BaseException:
+            f.close()
+            raise
+        return DiskReader(self, key, f, index, header, token_ids)
 
     @contextlib.contextmanager
     def _open(self, key: StoreKey):
-        # One open per read: the header and the tensors then come from the same file even if a
-        # writer replaces it meanwhile (the old inode lives on until closed).
+        f = self._open_file(key)
+        try:
+            yield f
+        finally:
+            if f is not None:
+                f.close()
+
+    def _open_file(self, key: StoreKey) -> _File | None:
         path = self.path(key)
         try:
-            handle = safe_open(str(path), framework="pt")
+            return _File(path)
         except FileNotFoundError:
-            yield None
-            return
-        except SafetensorError as exc:
-            if not path.exists():
-                yield None
-                return
-            raise CorruptEntry(f"unreadable safetensors file {path}: {exc}") from exc
+            return None
         except OSError as exc:
             raise TierUnavailable(f"cannot read {path}: {exc}") from exc
-        with handle as f:
-            yield f
 
     @staticmethod
-    def _header(f, key: StoreKey) -> Header:
-        header = Header.from_metadata(f.metadata())
+    def _read_file_header(f: _File, key: StoreKey) -> tuple[Header, BlobIndex]:
+        header, index = read_blob_header(f)
         header.check_fingerprint(key.fingerprint_hash)
-        return header
+        return header, index
 
-    @staticmethod
-    def _tensor(f, name: str) -> torch.Tensor:
+
+class _File:
+    """An open file as a `ByteSource`; closed when dropped if nobody closed it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        fd = os.open(path, os.O_RDONLY)
+        # A reader dropped mid-pass (a request that failed) still releases its descriptor.
+        self._close = weakref.finalize(self, os.close, fd)
+        self._fd = fd
         try:
-            return f.get_tensor(name)
-        except SafetensorError as exc:
-            raise CorruptEntry(f"entry {name!r} missing or unreadable: {exc}") from exc
+            self.size = os.fstat(fd).st_size
+        except OSError:
+            self.close()
+            raise
+
+    def read(self, offset: int, length: int) -> bytes:
+        out = np.empty(length, np.uint8)
+        self.read_into(offset, out)
+        return out.tobytes()
+
+    def read_into(self, offset: int, out: np.ndarray) -> None:
+        view = memoryview(out)
+        done = 0
+        try:
+            while done < len(view):
+                n = os.preadv(self._fd, [view[done:]], offset + done)
+                if n == 0:
+                    raise CorruptEntry(f"{self.path} ends before the entry it indexes")
+                done += n
+        except OSError as exc:
+            raise TierUnavailable(f"cannot read {self.path}: {exc}") from exc
+
+    def close(self) -> None:
+        self._close()
+
+
+class DiskReader:
+    """One file kept open for a pass over its layers: one open and one header parse per pass."""
+
+    def __init__(
+        self,
+        tier: DiskTier,
+        key: StoreKey,
+        f: _File,
+        index: BlobIndex,
+        header: Header,
+        token_ids: torch.Tensor,
+    ) -> None:
+        self._tier = tier
+        self._key = key
+        self._file: _File | None = f
+        self._index = index
+        self.header = header
+        self.token_ids = token_ids
+
+    def read_layer(self, layer: int) -> tuple[Header, dict[str, torch.Tensor]] | None:
+        if self._file is None:
+            f = self._tier._open_file(self._key)
+            if f is None:
+                return None
+            try:
+                self.header, self._index = self._tier._read_file_header(f, self._key)
+            except BaseException:
+                f.close()
+                raise
+            self._file = f
+        return self.header, read_blob_layer(self._file, self._index, self.header, layer)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
 
 def _fsync_dir(path: Path) -> None:

@@ -15,7 +15,9 @@ class MemoryTier:
     """Least-recently-used stored documents, at most `capacity_bytes` of tensors; thread-safe.
 
     Entries are trusted process memory, so reads skip the checksum (that would cap this tier
-    at hashing speed); the fingerprint is still checked against the key.
+    at hashing speed); the fingerprint is still checked against the key. The tier keeps its own
+    copy on `put` and hands out a copy on `get`, so no caller ever shares (or could modify) an
+    entry; layer reads are views, read-only by the engine's contract.
     """
 
     name = "memory"
@@ -45,16 +47,18 @@ class MemoryTier:
         return stored
 
     def get(self, key: StoreKey) -> StoredDocument | None:
-        return self._lookup(key)
+        stored = self._lookup(key)
+        return None if stored is None else stored.clone()
 
     def put(self, key: StoreKey, stored: StoredDocument) -> None:
         size = stored.nbytes
+        # A document larger than the whole tier would only evict everything else to no use.
+        stored = stored.clone() if size <= self.capacity_bytes else None
         with self._lock:
             old = self._entries.pop(key, None)
             if old is not None:
                 self._bytes -= old.nbytes
-            # A document larger than the whole tier would only evict everything else to no use.
-            if size > self.capacity_bytes:
+            if stored is None:
                 return
             self._entries[key] = stored
             self._bytes += size
@@ -81,10 +85,29 @@ class MemoryTier:
         self, key: StoreKey, layer: int
     ) -> tuple[Header, dict[str, torch.Tensor]] | None:
         stored = self._lookup(key)
-        return None if stored is None else (stored.header, stored.layers[layer])
+        return None if stored is None else (stored.header, stored.layer(layer))
+
+    def open_reader(self, key: StoreKey) -> MemoryReader | None:
+        stored = self._lookup(key)
+        return None if stored is None else MemoryReader(stored)
 
     def clear(self) -> None:
         """Drop every entry."""
         with self._lock:
             self._entries.clear()
             self._bytes = 0
+
+
+class MemoryReader:
+    """An entry held for one request: still served if evicted or deleted meanwhile."""
+
+    def __init__(self, stored: StoredDocument) -> None:
+        self._stored = stored
+        self.header = stored.header
+        self.token_ids = stored.token_ids
+
+    def read_layer(self, layer: int) -> tuple[Header, dict[str, torch.Tensor]]:
+        return self.header, self._stored.layer(layer)
+
+    def close(self) -> None:
+        """Nothing to release: the entry is process memory."""

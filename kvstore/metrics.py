@@ -57,6 +57,7 @@ class StoreMetrics:
         self._encode_seconds = Counter(
             "kvstore_encode_seconds", "Time spent encoding chunks", registry=r
         )
+        self._read_series_cache: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
         self._lock = threading.Lock()
         self._counts: defaultdict[str, defaultdict[str, float]] = defaultdict(
             lambda: defaultdict(float)
@@ -72,11 +73,20 @@ class StoreMetrics:
         self.read(tier, nbytes, seconds, kind)
 
     def read(self, tier: str, nbytes: int, seconds: float, kind: str) -> None:
-        self._bytes_read.labels(tier).inc(nbytes)
-        self._load_seconds.labels(tier, kind).observe(seconds)
+        bytes_read, load_seconds = self._read_series(tier, kind)
+        bytes_read.inc(nbytes)
+        load_seconds.observe(seconds)
         self._add("bytes_read", tier, nbytes)
         self._add("load_seconds", f"{tier}.{kind}", seconds)
         self._add("loads", f"{tier}.{kind}")
+
+    def _read_series(self, tier: str, kind: str) -> tuple[Counter, Histogram]:
+        # Looking labelled series up costs more than the rest of a layer read's bookkeeping.
+        series = self._read_series_cache.get((tier, kind))
+        if series is None:
+            series = (self._bytes_read.labels(tier), self._load_seconds.labels(tier, kind))
+            self._read_series_cache[(tier, kind)] = series
+        return series
 
     def miss(self, tier: str) -> None:
         self._misses.labels(tier).inc()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 import redis
@@ -12,7 +12,7 @@ import torch
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from kvstore.errors import CorruptEntry, TierFull, TierUnavailable
+from kvstore.errors import CorruptEntry, KVStoreError, TierFull, TierUnavailable
 from kvstore.keys import StoreKey
 from kvstore.serialization import (
     HEADER_PART,
@@ -125,19 +125,97 @@ class RedisTier:
     def read_layer(
         self, key: StoreKey, layer: int
     ) -> tuple[Header, dict[str, torch.Tensor]] | None:
-        # The header travels with the layer in one HMGET, so both come from the same write.
-        name = self.redis_key(key)
-        head, part = self._call(lambda: self._client.hmget(name, [HEADER_PART, layer_part(layer)]))
+        head, part = self._read_parts(key, layer)
         if head is None:
             return None
         header, _ = header_from_part(head)
         header.check_fingerprint(key.fingerprint_hash)
-        if not 0 <= layer < header.n_layers:
-            raise IndexError(f"layer {layer} out of range for a {header.n_layers}-layer document")
-        if part is None:
-            raise CorruptEntry(f"layer {layer} missing from a Redis copy")
-        return header, layer_from_part(header, layer, part)
+        return header, _layer(header, layer, part)
+
+    def open_reader(self, key: StoreKey) -> RedisReader | None:
+        name = self.redis_key(key)
+        head = self._call(lambda: self._client.hget(name, HEADER_PART))
+        if head is None:
+            return None
+        header, token_ids = header_from_part(head)
+        header.check_fingerprint(key.fingerprint_hash)
+        return RedisReader(self, key, head, header, token_ids)
+
+    def prefetch_layer(self, readers: Sequence[RedisReader], layer: int) -> None:
+        """Fetch layer `layer` of every reader's copy in one round trip; each reader then parses
+        and verifies its own part when it reads the layer.
+
+        A failure here is left for each reader's own read to meet and report, document by
+        document, as it would without the prefetch.
+        """
+
+        def fetch() -> list:
+            pipe = self._client.pipeline(transaction=False)
+            for reader in readers:
+                pipe.hmget(self.redis_key(reader.key), [HEADER_PART, layer_part(layer)])
+            return pipe.execute(raise_on_error=False)
+
+        try:
+            replies = self._call(fetch)
+        except KVStoreError:
+            return
+        for reader, reply in zip(readers, replies):
+            if not isinstance(reply, Exception):
+                reader.stash(layer, *reply)
+
+    def _read_parts(self, key: StoreKey, layer: int) -> tuple[bytes | None, bytes | None]:
+        """The raw header and layer parts, from one HMGET (so both come from the same write)."""
+        name = self.redis_key(key)
+        head, part = self._call(lambda: self._client.hmget(name, [HEADER_PART, layer_part(layer)]))
+        return head, part
 
     def close(self) -> None:
         """Release the connection pool."""
         self._client.close()
+
+
+class RedisReader:
+    """A Redis copy read layer by layer; each layer travels with the header it must match.
+
+    The header is parsed again only when its bytes changed (the copy was rewritten meanwhile).
+    """
+
+    def __init__(
+        self, tier: RedisTier, key: StoreKey, head: bytes, header: Header, token_ids: torch.Tensor
+    ) -> None:
+        self.key = key
+        self._tier = tier
+        self._head = head
+        self._stashed: tuple[int, bytes | None, bytes | None] | None = None
+        self.header = header
+        self.token_ids = token_ids
+
+    def stash(self, layer: int, head: bytes | None, part: bytes | None) -> None:
+        """Keep parts fetched by `RedisTier.prefetch_layer` for the next read of `layer`."""
+        self._stashed = (layer, head, part)
+
+    def read_layer(self, layer: int) -> tuple[Header, dict[str, torch.Tensor]] | None:
+        stashed, self._stashed = self._stashed, None
+        if stashed is not None and stashed[0] == layer:
+            _, head, part = stashed
+        else:
+            head, part = self._tier._read_parts(self.key, layer)
+        if head is None:
+            return None
+        if head != self._head:
+            header, _ = header_from_part(head)
+            header.check_fingerprint(self.key.fingerprint_hash)
+            self._head, self.header = head, header
+        return self.header, _layer(self.header, layer, part)
+
+    def close(self) -> None:
+        """Drop a prefetched layer not read; connections belong to the tier's pool."""
+        self._stashed = None
+
+
+def _layer(header: Header, layer: int, part: bytes | None) -> dict[str, torch.Tensor]:
+    if not 0 <= layer < header.n_layers:
+        raise IndexError(f"layer {layer} out of range for a {header.n_layers}-layer document")
+    if part is None:
+        raise CorruptEntry(f"layer {layer} missing from a Redis copy")
+    return layer_from_part(header, layer, part)

@@ -10,9 +10,12 @@ Blob entries (one per layer and tensor, so a file can be read one layer at a tim
     layer.{l}.v_scale    [n_kv_heads, L, 1]          float32, int8 only: one scale per token
 
 The safetensors metadata holds the `Header`: format name, layout version, model fingerprint,
-storage dtype, quantisation, |P|, every shape, and sha256 checksums of the token ids and of each
-layer's tensor bytes (so one layer can be verified without reading the others), plus a checksum
-over all of them.
+storage dtype, quantisation, |P|, every shape, the checksum algorithm (crc32; older copies
+sha256), checksums of the token ids and of each layer's tensor bytes (so one layer can be
+verified without reading the others), and a sha256 over all of those.
+
+In memory a `StoredDocument` keeps each tensor name stacked over the layers ([n_layers, ...]),
+so a whole document is read straight into the tensors the engine gets, without a second copy.
 
 Redis keeps the same tensors split into parts (`to_parts`): a `header` part holding `token_ids`
 and the metadata, and one `layer.{l}` part per layer, each a small safetensors blob.
@@ -32,22 +35,30 @@ from __future__ import annotations
 
 import hashlib
 import json
-import struct
+import math
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, fields
+from functools import cached_property
 from typing import Literal
 
 import numpy as np
 import safetensors.torch
 import torch
-from safetensors import SafetensorError
 
+from kvstore.blob import BlobIndex, BufferSource, ByteSource, read_entry, read_index
+from kvstore.checksum import (
+    CHECKSUM_ALGORITHMS,
+    ChecksumAlgorithm,
+    byte_view,
+    digest,
+    tensor_digest,
+)
 from kvstore.errors import CorruptEntry, FingerprintMismatch
 from kvstore.keys import fingerprint_hash
 from samkv.document import DocumentKV, LayerKV
 
 LAYOUT_VERSION = 1
 FORMAT_NAME = "samkv-document-kv"
-CHECKSUM_ALGORITHM = "sha256"
 
 StorageDtype = Literal["float16", "bfloat16"]
 Quantization = Literal["none", "int8"]
@@ -56,14 +67,18 @@ _TORCH_DTYPES: dict[str, torch.dtype] = {"float16": torch.float16, "bfloat16": t
 _INT8_MAX = 127.0
 # A channel or token that is all zeros still needs a non-zero scale to divide by.
 _MIN_SCALE = 1e-12
+# Tensors sharing one buffer each start on a multiple of the largest element size.
+_SLOT_ALIGN = 8
 
 
 @dataclass(frozen=True)
 class StorageFormat:
-    """How tensors are stored: float16 or bfloat16, optionally with int8 keys and values."""
+    """How tensors are stored: float16 or bfloat16, optionally with int8 keys and values, and
+    which checksum guards them."""
 
     dtype: StorageDtype = "float16"
     quantization: Quantization = "none"
+    checksum: ChecksumAlgorithm = "crc32"
 
     def __post_init__(self) -> None:
         if self.dtype not in _TORCH_DTYPES:
@@ -72,6 +87,10 @@ class StorageFormat:
             )
         if self.quantization not in ("none", "int8"):
             raise ValueError(f"quantization must be 'none' or 'int8', not {self.quantization!r}")
+        if self.checksum not in CHECKSUM_ALGORITHMS:
+            raise ValueError(
+                f"checksum must be one of {CHECKSUM_ALGORITHMS}, not {self.checksum!r}"
+            )
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -94,15 +113,27 @@ class Header:
     window: int
     token_ids_checksum: str
     layer_checksums: tuple[str, ...]
-    checksum: str  # over token_ids_checksum and every layer checksum
+    checksum: str  # sha256 over token_ids_checksum and every layer checksum
+    checksum_algorithm: ChecksumAlgorithm = "crc32"  # of the token ids and layer checksums
     layout_version: int = LAYOUT_VERSION
 
     @property
     def format(self) -> StorageFormat:
-        return StorageFormat(self.storage_dtype, self.quantization)
+        return StorageFormat(self.storage_dtype, self.quantization, self.checksum_algorithm)
 
     def layer_spec(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
         """Name -> (shape, dtype) of every tensor of one layer, in checksum order."""
+        return self._layer_spec
+
+    @cached_property
+    def layer_slots(self) -> tuple[tuple[int, int], ...]:
+        """Byte range of each `layer_spec` tensor in a buffer holding one layer, aligned."""
+        return _aligned_ranges(
+            math.prod(shape) * dtype.itemsize for shape, dtype in self._layer_spec.values()
+        )
+
+    @cached_property
+    def _layer_spec(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
         kv_shape = (self.n_kv_heads, self.length, self.head_dim)
         q_entry = ((self.n_heads, self.window, self.head_dim), self.format.torch_dtype)
         if self.quantization == "none":
@@ -117,7 +148,7 @@ class Header:
         }
 
     def to_metadata(self) -> dict[str, str]:
-        meta = {"format": FORMAT_NAME, "checksum_algorithm": CHECKSUM_ALGORITHM}
+        meta = {"format": FORMAT_NAME}
         for f in fields(self):
             value = getattr(self, f.name)
             meta[f.name] = json.dumps(list(value)) if isinstance(value, tuple) else str(value)
@@ -130,7 +161,7 @@ class Header:
             raise CorruptEntry("not a samkv document KV blob (format field missing or wrong)")
         if meta.get("layout_version") != str(LAYOUT_VERSION):
             raise CorruptEntry(f"unsupported layout version {meta.get('layout_version')!r}")
-        if meta.get("checksum_algorithm") != CHECKSUM_ALGORITHM:
+        if meta.get("checksum_algorithm") not in CHECKSUM_ALGORITHMS:
             raise CorruptEntry(f"unsupported checksum algorithm {meta.get('checksum_algorithm')!r}")
         try:
             header = cls(
@@ -147,6 +178,7 @@ class Header:
                 token_ids_checksum=meta["token_ids_checksum"],
                 layer_checksums=tuple(json.loads(meta["layer_checksums"])),
                 checksum=meta["checksum"],
+                checksum_algorithm=meta["checksum_algorithm"],  # type: ignore[arg-type]
             )
             StorageFormat(header.storage_dtype, header.quantization)
         except (KeyError, ValueError, TypeError) as exc:
@@ -167,23 +199,56 @@ class Header:
 
 @dataclass(frozen=True)
 class StoredDocument:
-    """A document's cache exactly as stored: header, token ids and each layer's raw tensors."""
+    """A document's cache exactly as stored: header, token ids and every layer's raw tensors.
+
+    Each tensor name of `Header.layer_spec` is kept stacked over the layers, [n_layers, *shape].
+    """
 
     header: Header
     token_ids: torch.Tensor  # [L] int64
-    layers: tuple[dict[str, torch.Tensor], ...]  # per layer: name -> tensor, see Header.layer_spec
+    tensors: dict[str, torch.Tensor]  # name -> [n_layers, *layer shape], in layer_spec order
+
+    def layer(self, layer: int) -> dict[str, torch.Tensor]:
+        """Layer `layer`'s tensors, as views (no copy); the same dict on every call."""
+        return self._layers[layer]
+
+    @cached_property
+    def _layers(self) -> tuple[dict[str, torch.Tensor], ...]:
+        # Made once: a memory-tier entry serves its layers to every request that reads it.
+        return tuple(
+            {name: t[i] for name, t in self.tensors.items()} for i in range(self.header.n_layers)
+        )
 
     @property
     def nbytes(self) -> int:
-        tensors = [self.token_ids, *(t for layer in self.layers for t in layer.values())]
+        tensors = [self.token_ids, *self.tensors.values()]
         return sum(t.numel() * t.element_size() for t in tensors)
 
+    def clone(self) -> StoredDocument:
+        """A copy sharing no memory with this one."""
+        tensors = {name: t.clone() for name, t in self.tensors.items()}
+        return StoredDocument(self.header, self.token_ids.clone(), tensors)
 
-def _digest(tensors: list[torch.Tensor]) -> str:
-    h = hashlib.sha256()
-    for t in tensors:
-        h.update(t.contiguous().view(torch.uint8).numpy())
-    return h.hexdigest()
+    @classmethod
+    def from_layers(
+        cls, header: Header, token_ids: torch.Tensor, layers: Sequence[dict[str, torch.Tensor]]
+    ) -> StoredDocument:
+        """A document from per-layer tensors (as `layer` returns them), stacked into new memory."""
+        names = header.layer_spec()
+        return cls(
+            header, token_ids, {name: _stack([layer[name] for layer in layers]) for name in names}
+        )
+
+
+def _aligned_ranges(sizes: Iterable[int]) -> tuple[tuple[int, int], ...]:
+    """Byte ranges for buffers of `sizes` laid out one after the other in one allocation, each
+    starting on a multiple of `_SLOT_ALIGN` so that any dtype can view it."""
+    ranges, end = [], 0
+    for size in sizes:
+        start = -(-end // _SLOT_ALIGN) * _SLOT_ALIGN
+        end = start + size
+        ranges.append((start, end))
+    return tuple(ranges)
 
 
 def _combined_checksum(token_ids_checksum: str, layer_checksums: tuple[str, ...]) -> str:
@@ -199,29 +264,32 @@ def _quantize(x: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def encode(doc: DocumentKV, fmt: StorageFormat = StorageFormat()) -> StoredDocument:
-    """Cast (and optionally quantise) a document to its stored form, with checksums."""
+    """Cast (and optionally quantise) a document to its stored form, with checksums.
+
+    Tensors already in the storage dtype on the CPU are kept, not copied.
+    """
     dtype = fmt.torch_dtype
     token_ids = doc.token_ids.detach().to("cpu", torch.int64).contiguous()
     # [n_layers, n_heads, w, head_dim]
     queries = doc.summary_queries.detach().to("cpu", dtype).contiguous()
+    # In layer_spec order, which is checksum order.
     if fmt.quantization == "int8":
         # keys [n_layers, n_kv_heads, L, head_dim]: scale per channel, over tokens (dim -2);
         # values: scale per token, over channels (dim -1)
         k, k_scale = _quantize(doc.keys.detach().cpu(), dim=-2)
         v, v_scale = _quantize(doc.values.detach().cpu(), dim=-1)
-        per_layer = [
-            {"k": k[i], "v": v[i], "q": queries[i], "k_scale": k_scale[i], "v_scale": v_scale[i]}
-            for i in range(doc.num_layers)
-        ]
+        tensors = {"k": k, "v": v, "q": queries, "k_scale": k_scale, "v_scale": v_scale}
     else:
         k = doc.keys.detach().to("cpu", dtype).contiguous()
         v = doc.values.detach().to("cpu", dtype).contiguous()
-        per_layer = [{"k": k[i], "v": v[i], "q": queries[i]} for i in range(doc.num_layers)]
+        tensors = {"k": k, "v": v, "q": queries}
 
     n_kv_heads, length, head_dim = doc.keys.shape[1:]
     n_heads, window = doc.summary_queries.shape[1:3]
-    token_sum = _digest([token_ids])
-    layer_sums = tuple(_digest(list(layer.values())) for layer in per_layer)
+    token_sum = tensor_digest(fmt.checksum, [token_ids])
+    layer_sums = tuple(
+        tensor_digest(fmt.checksum, [t[i] for t in tensors.values()]) for i in range(doc.num_layers)
+    )
     header = Header(
         fingerprint=doc.fingerprint,
         storage_dtype=fmt.dtype,
@@ -236,42 +304,35 @@ def encode(doc: DocumentKV, fmt: StorageFormat = StorageFormat()) -> StoredDocum
         token_ids_checksum=token_sum,
         layer_checksums=layer_sums,
         checksum=_combined_checksum(token_sum, layer_sums),
+        checksum_algorithm=fmt.checksum,
     )
-    return StoredDocument(header, token_ids, tuple(per_layer))
+    return StoredDocument(header, token_ids, tensors)
 
 
 def verify_token_ids(header: Header, token_ids: torch.Tensor) -> None:
     """Raise `CorruptEntry` unless `token_ids` are the ones the header describes."""
     if token_ids.dtype != torch.int64 or tuple(token_ids.shape) != (header.length,):
         raise CorruptEntry("token_ids have the wrong shape or dtype")
-    if _digest([token_ids]) != header.token_ids_checksum:
+    if tensor_digest(header.checksum_algorithm, [token_ids]) != header.token_ids_checksum:
         raise CorruptEntry("token_ids checksum mismatch")
 
 
-def verify_layer(header: Header, layer: int, tensors: dict[str, torch.Tensor]) -> None:
-    """Raise `CorruptEntry` unless `tensors` are exactly layer `layer` as the header describes."""
-    if not 0 <= layer < header.n_layers:
-        raise IndexError(f"layer {layer} out of range for a {header.n_layers}-layer document")
-    spec = header.layer_spec()
-    if tensors.keys() != spec.keys():
-        raise CorruptEntry(
-            f"layer {layer} holds tensors {sorted(tensors)}, expected {sorted(spec)}"
-        )
-    for name, (shape, dtype) in spec.items():
-        if tuple(tensors[name].shape) != shape or tensors[name].dtype != dtype:
-            raise CorruptEntry(f"layer {layer} tensor {name!r} has the wrong shape or dtype")
-    if _digest([tensors[name] for name in spec]) != header.layer_checksums[layer]:
-        raise CorruptEntry(f"layer {layer} checksum mismatch")
+def _keys_values(
+    header: Header, tensors: dict[str, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keys and values in the storage dtype, of one layer or stacked: as stored (no copy), or
+    dequantised from int8."""
+    if header.quantization == "none":
+        return tensors["k"], tensors["v"]
+    dtype = header.format.torch_dtype
+    keys = (tensors["k"].float() * tensors["k_scale"]).to(dtype)
+    values = (tensors["v"].float() * tensors["v_scale"]).to(dtype)
+    return keys, values
 
 
 def decode_layer(header: Header, tensors: dict[str, torch.Tensor]) -> LayerKV:
     """One stored layer as the engine reads it; unquantised layers are returned without a copy."""
-    if header.quantization == "none":
-        return LayerKV(tensors["k"], tensors["v"], tensors["q"])
-    dtype = header.format.torch_dtype
-    keys = (tensors["k"].float() * tensors["k_scale"]).to(dtype)
-    values = (tensors["v"].float() * tensors["v_scale"]).to(dtype)
-    return LayerKV(keys, values, tensors["q"])
+    return LayerKV(*_keys_values(header, tensors), tensors["q"])
 
 
 _SAME_SIZE_INT = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
@@ -287,38 +348,19 @@ def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
 
 
 def decode(stored: StoredDocument) -> DocumentKV:
-    """The `DocumentKV` a stored document stands for (tensors in the storage dtype)."""
-    layers = [decode_layer(stored.header, layer) for layer in stored.layers]
+    """The `DocumentKV` a stored document stands for, in the storage dtype.
+
+    Unquantised, it shares the stored tensors (no copy); int8 keys and values are dequantised.
+    """
+    keys, values = _keys_values(stored.header, stored.tensors)
     return DocumentKV(
         token_ids=stored.token_ids,
-        keys=_stack([layer.keys for layer in layers]),
-        values=_stack([layer.values for layer in layers]),
-        summary_queries=_stack([layer.summary_queries for layer in layers]),
+        keys=keys,
+        values=values,
+        summary_queries=stored.tensors["q"],
         fingerprint=stored.header.fingerprint,
         prefix_len=stored.header.prefix_len,
     )
-
-
-def read_metadata(blob: bytes) -> dict[str, str]:
-    """The metadata of a safetensors blob, read from its JSON header without touching the tensors."""
-    # safetensors layout: u64 little-endian header size, then that many bytes of JSON.
-    if len(blob) < 8:
-        raise CorruptEntry("blob shorter than a safetensors header")
-    (size,) = struct.unpack("<Q", blob[:8])
-    if size > len(blob) - 8:
-        raise CorruptEntry("safetensors header runs past the end of the blob")
-    try:
-        meta = json.loads(blob[8 : 8 + size]).get("__metadata__") or {}
-    except (ValueError, AttributeError) as exc:
-        raise CorruptEntry(f"unreadable safetensors header: {exc}") from exc
-    return meta
-
-
-def _load_tensors(blob: bytes) -> dict[str, torch.Tensor]:
-    try:
-        return safetensors.torch.load(blob)
-    except (SafetensorError, ValueError, RuntimeError) as exc:
-        raise CorruptEntry(f"unreadable safetensors data: {exc}") from exc
 
 
 def layer_entry(layer: int, name: str) -> str:
@@ -329,30 +371,130 @@ def layer_entry(layer: int, name: str) -> str:
 def to_blob(stored: StoredDocument) -> bytes:
     """One safetensors blob holding the whole document."""
     tensors = {"token_ids": stored.token_ids}
-    for i, layer in enumerate(stored.layers):
-        tensors.update({layer_entry(i, name): t for name, t in layer.items()})
+    for name, stacked in stored.tensors.items():
+        tensors.update({layer_entry(i, name): t for i, t in enumerate(stacked)})
     return safetensors.torch.save(tensors, metadata=stored.header.to_metadata())
+
+
+def read_metadata(blob: bytes) -> dict[str, str]:
+    """The metadata of a safetensors blob, read from its JSON header without touching the tensors."""
+    return read_index(BufferSource(blob)).metadata
+
+
+def read_blob_header(src: ByteSource) -> tuple[Header, BlobIndex]:
+    """A blob's checked header, and its index to read tensors with."""
+    index = read_index(src)
+    return Header.from_metadata(index.metadata), index
+
+
+def read_token_ids(src: ByteSource, index: BlobIndex, header: Header) -> torch.Tensor:
+    """A blob's token ids, verified."""
+    token_ids = torch.empty(header.length, dtype=torch.int64)
+    read_entry(src, index, "token_ids", (header.length,), torch.int64, byte_view(token_ids))
+    verify_token_ids(header, token_ids)
+    return token_ids
+
+
+def _read_layer_into(
+    src: ByteSource,
+    index: BlobIndex,
+    header: Header,
+    layer: int,
+    entry_name: Callable[[str], str],
+    out: Sequence[np.ndarray],
+) -> None:
+    """Copy layer `layer`'s tensors into `out` (one byte array each, in spec order) and verify them."""
+    if not 0 <= layer < header.n_layers:
+        raise IndexError(f"layer {layer} out of range for a {header.n_layers}-layer document")
+    for (name, (shape, dtype)), buffer in zip(header.layer_spec().items(), out):
+        read_entry(src, index, entry_name(name), shape, dtype, buffer)
+    if digest(header.checksum_algorithm, out) != header.layer_checksums[layer]:
+        raise CorruptEntry(f"layer {layer} checksum mismatch")
+
+
+# numpy has every storage dtype but bfloat16, which travels as int16 and is viewed back in torch.
+_NUMPY_DTYPES = {
+    torch.float16: np.float16,
+    torch.bfloat16: np.int16,
+    torch.float32: np.float32,
+    torch.int8: np.int8,
+    torch.int64: np.int64,
+}
+
+
+def _as_tensor(buffer: np.ndarray, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
+    """A tensor over the bytes of `buffer` (no copy)."""
+    # Viewing and reshaping in numpy costs a fraction of torch's per-call overhead, which adds up
+    # over every tensor of every layer of every document.
+    tensor = torch.from_numpy(buffer.view(_NUMPY_DTYPES[dtype]).reshape(shape))
+    return tensor if tensor.dtype == dtype else tensor.view(dtype)
+
+
+def _read_one_layer(
+    src: ByteSource, index: BlobIndex, header: Header, layer: int, entry_name: Callable[[str], str]
+) -> dict[str, torch.Tensor]:
+    # One allocation for the whole layer; its tensors are views of it.
+    buffer = np.empty(header.layer_slots[-1][1], np.uint8)
+    _read_layer_into(
+        src, index, header, layer, entry_name, [buffer[a:b] for a, b in header.layer_slots]
+    )
+    return {
+        name: _as_tensor(buffer[a:b], dtype, shape)
+        for (name, (shape, dtype)), (a, b) in zip(header.layer_spec().items(), header.layer_slots)
+    }
+
+
+def _read_all_layers(
+    header: Header, read_layer: Callable[[int, list[np.ndarray]], None]
+) -> dict[str, torch.Tensor]:
+    """Every layer, each tensor read straight into its slot of a stacked [n_layers, ...] tensor."""
+    spec = header.layer_spec()
+    # One allocation for the whole document: fresh memory costs page faults per allocation as
+    # well as per page, and one buffer read into measured ~20% faster than one per tensor name.
+    rows = [math.prod(shape) * dtype.itemsize for shape, dtype in spec.values()]
+    ranges = _aligned_ranges(header.n_layers * row for row in rows)
+    buffer = np.empty(ranges[-1][1], np.uint8)
+    stacked = {
+        name: buffer[a:b].reshape(header.n_layers, row)
+        for name, row, (a, b) in zip(spec, rows, ranges)
+    }
+    for i in range(header.n_layers):
+        read_layer(i, [stacked[name][i] for name in spec])
+    return {
+        name: _as_tensor(stacked[name], dtype, (header.n_layers, *shape))
+        for name, (shape, dtype) in spec.items()
+    }
+
+
+def read_blob_layer(
+    src: ByteSource, index: BlobIndex, header: Header, layer: int
+) -> dict[str, torch.Tensor]:
+    """Layer `layer` of a blob made by `to_blob`, in new memory, verified."""
+    return _read_one_layer(src, index, header, layer, lambda name: layer_entry(layer, name))
+
+
+def read_blob(src: ByteSource, expected_fingerprint_hash: str | None = None) -> StoredDocument:
+    """A whole blob made by `to_blob`, each tensor copied once into its stacked place, verified."""
+    header, index = read_blob_header(src)
+    if expected_fingerprint_hash is not None:
+        header.check_fingerprint(expected_fingerprint_hash)
+    spec = header.layer_spec()
+    names = {"token_ids"} | {layer_entry(i, n) for i in range(header.n_layers) for n in spec}
+    if index.entries.keys() != names:
+        unexpected = sorted(index.entries.keys() - names)[:3]
+        missing = sorted(names - index.entries.keys())[:3]
+        raise CorruptEntry(f"blob entries differ from its header: {unexpected=}, {missing=}")
+    token_ids = read_token_ids(src, index, header)
+
+    def read_layer(i: int, out: list[np.ndarray]) -> None:
+        _read_layer_into(src, index, header, i, lambda name: layer_entry(i, name), out)
+
+    return StoredDocument(header, token_ids, _read_all_layers(header, read_layer))
 
 
 def from_blob(blob: bytes, expected_fingerprint_hash: str | None = None) -> StoredDocument:
     """Parse and fully verify a blob made by `to_blob`; any mismatch raises `CorruptEntry`."""
-    header = Header.from_metadata(read_metadata(blob))
-    if expected_fingerprint_hash is not None:
-        header.check_fingerprint(expected_fingerprint_hash)
-    tensors = _load_tensors(blob)
-    token_ids = tensors.pop("token_ids", None)
-    if token_ids is None:
-        raise CorruptEntry("blob has no token_ids")
-    verify_token_ids(header, token_ids)
-    layers = []
-    for i in range(header.n_layers):
-        names = [n for n in header.layer_spec() if layer_entry(i, n) in tensors]
-        layer = {n: tensors.pop(layer_entry(i, n)) for n in names}
-        verify_layer(header, i, layer)
-        layers.append(layer)
-    if tensors:
-        raise CorruptEntry(f"blob holds unexpected entries {sorted(tensors)[:3]}")
-    return StoredDocument(header, token_ids, tuple(layers))
+    return read_blob(BufferSource(blob), expected_fingerprint_hash)
 
 
 HEADER_PART = "header"
@@ -370,32 +512,39 @@ def to_parts(stored: StoredDocument) -> dict[str, bytes]:
             {"token_ids": stored.token_ids}, metadata=stored.header.to_metadata()
         )
     }
-    for i, layer in enumerate(stored.layers):
-        parts[layer_part(i)] = safetensors.torch.save(layer, metadata={"layer": str(i)})
+    for i in range(stored.header.n_layers):
+        parts[layer_part(i)] = safetensors.torch.save(stored.layer(i), metadata={"layer": str(i)})
     return parts
 
 
 def header_from_part(part: bytes) -> tuple[Header, torch.Tensor]:
     """Parse and verify a header part: the header and the token ids."""
-    header = Header.from_metadata(read_metadata(part))
-    token_ids = _load_tensors(part).get("token_ids")
-    if token_ids is None:
-        raise CorruptEntry("header part has no token_ids")
-    verify_token_ids(header, token_ids)
-    return header, token_ids
+    src = BufferSource(part)
+    header, index = read_blob_header(src)
+    return header, read_token_ids(src, index, header)
+
+
+def _part_index(header: Header, layer: int, part: bytes) -> tuple[BufferSource, BlobIndex]:
+    src = BufferSource(part)
+    index = read_index(src)
+    spec = header.layer_spec()
+    if index.entries.keys() != spec.keys():
+        raise CorruptEntry(
+            f"layer {layer} holds tensors {sorted(index.entries)}, expected {sorted(spec)}"
+        )
+    return src, index
 
 
 def layer_from_part(header: Header, layer: int, part: bytes) -> dict[str, torch.Tensor]:
-    """Parse and verify one layer part against its header."""
-    tensors = _load_tensors(part)
-    verify_layer(header, layer, tensors)
-    return tensors
+    """Parse and verify one layer part against its header, into new memory."""
+    src, index = _part_index(header, layer, part)
+    return _read_one_layer(src, index, header, layer, str)
 
 
 def from_parts(
     parts: dict[str, bytes], expected_fingerprint_hash: str | None = None
 ) -> StoredDocument:
-    """Parse and fully verify parts made by `to_parts`."""
+    """Parse and fully verify parts made by `to_parts`, each layer copied once into its stacked place."""
     if HEADER_PART not in parts:
         raise CorruptEntry("no header part")
     header, token_ids = header_from_part(parts[HEADER_PART])
@@ -403,13 +552,15 @@ def from_parts(
         header.check_fingerprint(expected_fingerprint_hash)
     if len(parts) != header.n_layers + 1:
         raise CorruptEntry(f"{len(parts) - 1} layer parts for a {header.n_layers}-layer document")
-    layers = []
-    for i in range(header.n_layers):
+
+    def read_layer(i: int, out: list[np.ndarray]) -> None:
         part = parts.get(layer_part(i))
         if part is None:
             raise CorruptEntry(f"layer part {i} missing")
-        layers.append(layer_from_part(header, i, part))
-    return StoredDocument(header, token_ids, tuple(layers))
+        src, index = _part_index(header, i, part)
+        _read_layer_into(src, index, header, i, str, out)
+
+    return StoredDocument(header, token_ids, _read_all_layers(header, read_layer))
 
 
 def serialize(doc: DocumentKV, fmt: StorageFormat = StorageFormat()) -> bytes:

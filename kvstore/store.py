@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -34,7 +35,7 @@ from kvstore.serialization import (
     decode_layer,
     encode,
 )
-from kvstore.tier import Tier
+from kvstore.tier import LayerReader, Tier
 from samkv.document import DocumentKV, DocumentMeta, LayerKV
 
 logger = logging.getLogger(__name__)
@@ -315,18 +316,19 @@ class TieredStore:
     def _open(self, key: StoreKey, text: str | None, backfill: bool) -> _OpenDocument:
         for i, tier in enumerate(self.tiers):
             start = time.perf_counter()
-            found = self._try(tier, key, lambda t=tier: t.read_header(key))
-            if found is not None:
-                header, token_ids = found
+            reader = self._try(tier, key, lambda t=tier: t.open_reader(key))
+            if reader is not None:
+                token_ids = reader.token_ids
                 nbytes = token_ids.numel() * token_ids.element_size()
                 self.metrics.hit(tier.name, nbytes, time.perf_counter() - start, "header")
                 collect = backfill and i > 0
                 return _OpenDocument(
                     key,
                     text,
-                    header,
+                    reader.header,
                     token_ids,
                     i,
+                    reader=reader,
                     collected={} if collect else None,
                     deletes=self._deletes,
                 )
@@ -335,15 +337,17 @@ class TieredStore:
 
     def _read_layer(self, doc: _OpenDocument, layer: int) -> LayerKV:
         if doc.pinned is not None:
-            return decode_layer(doc.pinned.header, doc.pinned.layers[layer])
+            return decode_layer(doc.pinned.header, doc.pinned.layer(layer))
         for i in range(doc.tier, len(self.tiers)):
             tier = self.tiers[i]
             start = time.perf_counter()
-            found = self._try(tier, doc.key, lambda t=tier: t.read_layer(doc.key, layer))
+            found = self._try(tier, doc.key, partial(self._read_from, doc, i, tier, layer))
             if found is None:
+                doc.close_reader()
                 continue
             header, tensors = found
             if header.length != doc.header.length:
+                doc.close_reader()
                 self._discard(
                     tier,
                     doc.key,
@@ -353,14 +357,39 @@ class TieredStore:
             nbytes = sum(t.numel() * t.element_size() for t in tensors.values())
             self.metrics.read(tier.name, nbytes, time.perf_counter() - start, "layer")
             if i != doc.tier:
-                doc.tier, doc.collected = (
-                    i,
-                    None,
-                )  # layers from two copies do not make one back-fill
+                doc.tier, doc.collected = i, None  # layers from two copies make no back-fill
+            if layer == header.n_layers - 1:
+                doc.reader.close()  # end of a pass: the next read opens the copy again
             self._collect(doc, header, layer, tensors)
             return decode_layer(header, tensors)
         doc.pinned = self._reencode(doc.key, doc.text)
-        return decode_layer(doc.pinned.header, doc.pinned.layers[layer])
+        return decode_layer(doc.pinned.header, doc.pinned.layer(layer))
+
+    def _prefetch(self, docs: Sequence[_OpenDocument], layer: int) -> None:
+        """Let each tier that can fetch one layer of several documents at once do so."""
+        readers: dict[int, list[LayerReader]] = {}
+        for doc in docs:
+            if doc.pinned is None and doc.reader is not None:
+                readers.setdefault(doc.reader_tier, []).append(doc.reader)
+        for i, group in readers.items():
+            prefetch = getattr(self.tiers[i], "prefetch_layer", None)
+            if prefetch is not None and len(group) > 1:
+                start = time.perf_counter()
+                prefetch(group, layer)
+                self.metrics.read(self.tiers[i].name, 0, time.perf_counter() - start, "prefetch")
+
+    @staticmethod
+    def _read_from(
+        doc: _OpenDocument, i: int, tier: Tier, layer: int
+    ) -> tuple[Header, dict[str, torch.Tensor]] | None:
+        """Layer `layer` through the document's reader on tier `i`, opening it if need be."""
+        if doc.reader is None or doc.reader_tier != i:
+            doc.close_reader()
+            reader = tier.open_reader(doc.key)
+            if reader is None:
+                return None
+            doc.reader, doc.reader_tier = reader, i
+        return doc.reader.read_layer(layer)
 
     def _collect(
         self, doc: _OpenDocument, header: Header, layer: int, tensors: dict[str, torch.Tensor]
@@ -369,8 +398,8 @@ class TieredStore:
             return
         doc.collected[layer] = tensors
         if len(doc.collected) == header.n_layers:
-            layers = tuple(doc.collected[i] for i in range(header.n_layers))
-            stored = StoredDocument(header, doc.token_ids, layers)
+            layers = [doc.collected[i] for i in range(header.n_layers)]
+            stored = StoredDocument.from_layers(header, doc.token_ids, layers)
             doc.collected = None
             self._backfill(doc.key, stored, self.tiers[: doc.tier], doc.deletes)
 
@@ -384,13 +413,21 @@ class _OpenDocument:
     header: Header
     token_ids: torch.Tensor
     tier: int  # index of the tier layers are read from
+    reader: LayerReader | None = None  # the copy layers are read through
     collected: dict[int, dict[str, torch.Tensor]] | None = None  # layers kept for back-fill
     pinned: StoredDocument | None = None  # a re-encoded copy, served from process memory
     deletes: int = 0
+    reader_tier: int = field(init=False)  # index of the tier `reader` reads
     meta: DocumentMeta = field(init=False)
 
     def __post_init__(self) -> None:
+        self.reader_tier = self.tier
         self.meta = DocumentMeta(self.token_ids, self.header.fingerprint, self.header.prefix_len)
+
+    def close_reader(self) -> None:
+        if self.reader is not None:
+            self.reader.close()
+            self.reader = None
 
 
 class StoreSource:
@@ -418,6 +455,7 @@ class StoreSource:
 
     def read_layer(self, layer: int) -> list[LayerKV]:
         """Layer `layer` of every document, in prompt order, in the storage dtype."""
+        self._store._prefetch(self._documents, layer)
         return [self._store._read_layer(doc, layer) for doc in self._documents]
 
 

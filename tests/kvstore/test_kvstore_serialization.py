@@ -9,7 +9,14 @@ import torch
 from safetensors import safe_open
 
 from kvstore import CorruptEntry, FingerprintMismatch, StorageFormat, deserialize, serialize
-from kvstore.serialization import LAYOUT_VERSION, encode, from_parts, read_metadata, to_parts
+from kvstore.serialization import (
+    LAYOUT_VERSION,
+    decode,
+    encode,
+    from_parts,
+    read_metadata,
+    to_parts,
+)
 from tests.kvstore.kvstore_testing import (
     EMBEDDED_SHAPES,
     FINGERPRINT,
@@ -125,8 +132,47 @@ def test_parts_round_trip_and_check_each_layer(quantization):
     assert set(parts) == {"header"} | {f"layer.{i}" for i in range(4)}
     again = from_parts(parts)
     assert again.header == stored.header
-    for a, b in zip(again.layers, stored.layers):
-        assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
+    for name, tensor in stored.tensors.items():
+        assert torch.equal(again.tensors[name], tensor), name
     parts["layer.2"] = parts["layer.3"]
     with pytest.raises(CorruptEntry, match="layer 2 checksum"):
         from_parts(parts)
+
+
+def test_new_copies_use_crc32_and_sha256_copies_stay_readable(embedded_doc):
+    assert read_metadata(serialize(embedded_doc))["checksum_algorithm"] == "crc32"
+    old = serialize(embedded_doc, StorageFormat(checksum="sha256"))
+    meta = read_metadata(old)
+    assert (
+        meta["checksum_algorithm"] == "sha256" and len(json.loads(meta["layer_checksums"])[0]) == 64
+    )
+    assert_same_doc(deserialize(old, fingerprint=FINGERPRINT), as_stored(embedded_doc))
+    with pytest.raises(CorruptEntry, match="checksum"):
+        deserialize(_flip_byte(old, 5000))
+
+
+def test_an_unknown_checksum_algorithm_is_corrupt():
+    blob = serialize(make_doc(7))
+    forged = blob.replace(b'"checksum_algorithm":"crc32"', b'"checksum_algorithm":"crc99"', 1)
+    assert forged != blob
+    with pytest.raises(CorruptEntry, match="checksum algorithm"):
+        deserialize(forged)
+
+
+def test_a_blob_with_trailing_bytes_or_a_foreign_dtype_is_corrupt():
+    blob = serialize(make_doc(8))
+    with pytest.raises(CorruptEntry, match="past its last entry"):
+        deserialize(blob + b"\0" * 8)
+    forged = blob.replace(b'"dtype":"F16"', b'"dtype":"F64"', 1)
+    with pytest.raises(CorruptEntry):
+        deserialize(forged)
+
+
+def test_decode_shares_unquantised_tensors_and_bfloat16_survives_the_parts(embedded_doc):
+    stored = encode(embedded_doc, StorageFormat("bfloat16"))
+    assert decode(stored).keys.data_ptr() == stored.tensors["k"].data_ptr()  # no copy
+    again = from_parts(to_parts(stored))
+    for name, tensor in stored.tensors.items():
+        assert again.tensors[name].dtype == tensor.dtype and torch.equal(
+            again.tensors[name], tensor
+        )

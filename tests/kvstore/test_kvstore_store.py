@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 
 import pytest
@@ -335,3 +336,40 @@ def test_open_store_with_and_without_redis(tmp_path, shared_redis_url, encoder):
     finally:
         with_redis.delete("chunk")
         with_redis.close()
+
+
+def test_redis_layers_of_all_documents_come_in_one_round_trip(store, encoder, monkeypatch):
+    texts = [f"document {i}" for i in range(3)]
+    for text in texts:
+        store.put(text, encoder(text))
+    store.tiers[0].clear()
+    source = store.source(texts)
+    assert source.tiers == ["redis"] * 3
+    single_reads: list[int] = []
+    real = RedisTier._read_parts
+
+    def counting(self, key, layer):
+        single_reads.append(layer)
+        return real(self, key, layer)
+
+    monkeypatch.setattr(RedisTier, "_read_parts", counting)
+    for _ in range(2):
+        for layer in range(source.num_layers):
+            got = source.read_layer(layer)
+            want = [as_stored(encoder(t)).layer(layer) for t in texts]
+            assert all(torch.equal(g.keys, w.keys) for g, w in zip(got, want))
+    assert single_reads == []  # every layer came from the per-layer pipeline
+    assert store.stats()["loads"]["redis.prefetch"] == 2 * source.num_layers
+
+
+def test_a_source_over_disk_closes_its_files_after_each_pass(tmp_path, encoder):
+    store = TieredStore(FINGERPRINT, [DiskTier(tmp_path)], encode=encoder)
+    texts = [f"document {i}" for i in range(3)]
+    for text in texts:
+        store.put(text, encoder(text))
+    fds = len(os.listdir("/proc/self/fd"))
+    source = store.source(texts)
+    assert len(os.listdir("/proc/self/fd")) == fds + 3  # opened once, for the first pass
+    for layer in range(source.num_layers):
+        source.read_layer(layer)
+    assert len(os.listdir("/proc/self/fd")) == fds

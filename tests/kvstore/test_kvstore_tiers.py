@@ -52,9 +52,9 @@ def test_tier_contract(tier):
     assert header == stored.header and torch.equal(token_ids, stored.token_ids)
     for layer in range(stored.header.n_layers):
         header, tensors = tier.read_layer(key, layer)
-        assert tensors.keys() == stored.layers[layer].keys()
+        assert tensors.keys() == stored.layer(layer).keys()
         for name, tensor in tensors.items():
-            assert torch.equal(tensor, stored.layers[layer][name]), (layer, name)
+            assert torch.equal(tensor, stored.layer(layer)[name]), (layer, name)
     with pytest.raises(IndexError):
         tier.read_layer(key, stored.header.n_layers)
     assert tier.delete(key) and not tier.delete(key)
@@ -170,3 +170,65 @@ def test_disk_truncated_file_is_corrupt(tmp_path):
     ):
         with pytest.raises(CorruptEntry):
             read()
+
+
+def test_memory_tier_never_shares_an_entry_with_get_or_put_callers():
+    tier = MemoryTier(10 * 2**20)
+    key = make_key(FINGERPRINT, "chunk")
+    stored = stored_doc(10)
+    keys_before = stored.tensors["k"].clone()
+    tier.put(key, stored)
+    stored.tensors["k"].zero_()  # the caller reusing its tensors after put
+    got = tier.get(key)
+    assert torch.equal(got.tensors["k"], keys_before)
+    got.tensors["k"].zero_()  # a caller modifying what get returned
+    assert torch.equal(tier.get(key).tensors["k"], keys_before)
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_disk_reader_opens_its_file_once_per_pass_and_closes_it(tmp_path, monkeypatch):
+    tier = DiskTier(tmp_path)
+    key = make_key(FINGERPRINT, "chunk")
+    stored = stored_doc(11)
+    tier.put(key, stored)
+    opens: list[str] = []
+    real_open = os.open
+
+    def counting_open(path, *args, **kwargs):
+        opens.append(str(path))
+        return real_open(path, *args, **kwargs)
+
+    fds = _open_fds()
+    monkeypatch.setattr(os, "open", counting_open)
+    reader = tier.open_reader(key)
+    for _ in range(2):  # the engine's two passes
+        for layer in range(stored.header.n_layers):
+            _, tensors = reader.read_layer(layer)
+            assert torch.equal(tensors["v"], stored.layer(layer)["v"])
+        reader.close()
+        assert _open_fds() == fds
+    assert opens == [str(tier.path(key))] * 2
+
+
+def test_disk_reader_reads_one_version_per_pass_while_the_file_is_replaced(tmp_path):
+    tier = DiskTier(tmp_path)
+    key = make_key(FINGERPRINT, "chunk")
+    old, new = stored_doc(12), stored_doc(13)
+    tier.put(key, old)
+    reader = tier.open_reader(key)
+    reader.read_layer(0)
+    tier.put(key, new)  # a rename over the open file
+    _, tensors = reader.read_layer(1)
+    assert torch.equal(tensors["k"], old.layer(1)["k"])
+    tier.delete(key)  # the open file outlives its name too
+    _, tensors = reader.read_layer(2)
+    assert torch.equal(tensors["k"], old.layer(2)["k"])
+    reader.close()
+    assert reader.read_layer(0) is None  # the next pass finds the copy gone...
+    tier.put(key, new)
+    header, tensors = reader.read_layer(0)  # ...or the copy there is now
+    assert header == new.header and torch.equal(tensors["k"], new.layer(0)["k"])
+    reader.close()
