@@ -6,6 +6,7 @@ apps side by side or replace any of these with `app.dependency_overrides`.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from typing import Annotated
 
@@ -55,7 +56,7 @@ ServicesDep = Annotated[Services, Depends(get_services)]
 
 
 def require_api_key(request: Request, settings: SettingsDep) -> None:
-    """When API keys are configured, require one as `Authorization: Bearer <key>`."""
+    """When API keys are configured, require one as `Authorization: Bearer <key>` (writes)."""
     keys = settings.api_key_list
     if not keys:
         return
@@ -63,10 +64,17 @@ def require_api_key(request: Request, settings: SettingsDep) -> None:
     scheme, _, presented = header.partition(" ")
     if scheme.lower() != "bearer" or not presented.strip():
         raise Unauthorized("an API key is required: send it as `Authorization: Bearer <key>`")
-    presented_bytes = presented.strip().encode()
-    # Compare against every key so the time taken does not reveal which one nearly matched.
+    # Digests have one length, so comparing them reveals neither a key's length nor how much
+    # of it matched; every key is compared so the time does not reveal which one nearly did.
+    presented_digest = hashlib.sha256(presented.strip().encode()).digest()
     matched = False
     for key in keys:
-        matched |= hmac.compare_digest(presented_bytes, key.encode())
+        matched |= hmac.compare_digest(presented_digest, hashlib.sha256(key.encode()).digest())
     if not matched:
         raise Forbidden("the API key is not valid")
+
+
+def require_read_key(request: Request, settings: SettingsDep) -> None:
+    """Like `require_api_key`, unless the settings open reads to everyone (`public_reads`)."""
+    if not settings.public_reads:
+        require_api_key(request, settings)

@@ -100,6 +100,17 @@ class GenerationPool:
             raise
         return running
 
+    def check_capacity(self) -> None:
+        """Raise `Unavailable` now if `start` would refuse a generation at this moment.
+
+        Lets a request that would be refused anyway skip the work before `start` (retrieval);
+        `start` still decides, so a race between the two only costs that work.
+        """
+        with self._lock:
+            if self._admitted >= self._capacity:
+                self._metrics.generations_rejected.inc()
+                raise self._full()
+
     def close(self) -> None:
         """Stop taking generations and cancel the queued ones."""
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -108,13 +119,15 @@ class GenerationPool:
         with self._lock:
             if self._admitted >= self._capacity:
                 self._metrics.generations_rejected.inc()
-                raise Unavailable(
-                    f"all {self._capacity} generation slots (running and queued) are taken; "
-                    "retry shortly",
-                    self._retry_after_s,
-                )
+                raise self._full()
             self._admitted += 1
         self._metrics.generations_active.inc()
+
+    def _full(self) -> Unavailable:
+        return Unavailable(
+            f"all {self._capacity} generation slots (running and queued) are taken; retry shortly",
+            self._retry_after_s,
+        )
 
     def _release(self) -> None:
         with self._lock:

@@ -17,10 +17,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 import kvstore
 import retrieval
 import samkv
-from app.dependencies import require_api_key
+from app.dependencies import require_read_key
 from app.errors import ApiError, to_api_error
 from app.metrics import AppMetrics
-from app.middleware import BodySizeLimit, RequestMetrics
+from app.middleware import BodySizeLimit, RequestMetrics, UnexpectedErrors
 from app.routers import chat, documents, health, jobs, page, query
 from app.routers.page import STATIC_DIR
 from app.services import Runtime, Services
@@ -62,17 +62,20 @@ def create_app(settings: Settings | None = None, *, engine: samkv.Engine | None 
     app.state.metrics = metrics
     app.state.runtime = runtime
 
-    protected = [Depends(require_api_key)]
+    # Every API route needs a key to read (unless reads are public); writes add their own check.
+    reads = [Depends(require_read_key)]
     app.include_router(health.router)
     app.include_router(page.router)
-    app.include_router(health.metrics_router, dependencies=protected)
-    app.include_router(documents.router, dependencies=protected)
-    app.include_router(jobs.router, dependencies=protected)
-    app.include_router(query.router, dependencies=protected)
-    app.include_router(chat.router, dependencies=protected)
+    app.include_router(health.metrics_router, dependencies=reads)
+    app.include_router(documents.router, dependencies=reads)
+    app.include_router(jobs.router, dependencies=reads)
+    app.include_router(query.router, dependencies=reads)
+    app.include_router(chat.router, dependencies=reads)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     _install_error_handlers(app, settings.retry_after_s)
+    # The last added runs first: metrics see every answer, errors become answers innermost.
+    app.add_middleware(UnexpectedErrors, retry_after_s=settings.retry_after_s)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
     app.add_middleware(RequestMetrics, metrics=metrics)
     return app
@@ -89,6 +92,11 @@ async def _load(
         return
     runtime.services = services
     logger.info("ready: model %s, data in %s", services.engine.fingerprint[:12], settings.data_dir)
+    # After readiness: reads re-encode a missing cache themselves, so nothing waits on this.
+    try:
+        await asyncio.to_thread(services.check_consistency)
+    except Exception:  # a failed check leaves the service as usable as it was before it
+        logger.exception("the start-up consistency check failed")
     if settings.sample_collection:
         await asyncio.to_thread(services.ingest_sample_collection)
 
@@ -113,6 +121,10 @@ def _install_error_handlers(app: FastAPI, retry_after_s: int) -> None:
                                         code="invalid_value"))
 
     async def http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400:
+            # FastAPI's answer to a body it cannot decode: invalid input, a 422 like the rest.
+            return _error_response(ApiError(f"invalid request body: {exc.detail}", status=422,
+                                            type="invalid_request_error", code="invalid_body"))
         code = "not_found" if exc.status_code == 404 else f"http_{exc.status_code}"
         kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
         return _error_response(ApiError(str(exc.detail), status=exc.status_code, type=kind,

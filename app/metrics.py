@@ -64,6 +64,12 @@ class AppMetrics:
         self.ingest_jobs = Counter(
             "ingest_jobs", "Ingestion jobs finished", ["status"], registry=r
         )
+        self.startup_repairs = Counter(
+            "startup_repairs",
+            "Inconsistencies between the document store and the KV files repaired at start-up",
+            ["kind"],
+            registry=r,
+        )
 
     def observe_generation(self, stats: dict[str, Any]) -> None:
         """Record the stats of one finished generation."""

@@ -5,17 +5,18 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from app.consistency import ConsistencyReport, check_consistency
 from app.errors import InvalidInput
 from app.generation import GenerationPool, RunningGeneration
 from app.ingestion import Ingestor, NewDocument
 from app.jobs import JobStore
 from app.metrics import AppMetrics
 from app.settings import Settings
-from kvstore import Precomputer, TieredStore, open_store
+from kvstore import PrecomputeJob, Precomputer, TieredStore, open_store
 from retrieval import Embedder, RetrievalService, SearchHit
 from samkv import METHODS, Engine, GenerationStream
 
@@ -36,6 +37,8 @@ class Services:
     ingestor: Ingestor
     generations: GenerationPool
     metrics: AppMetrics
+    consistency: ConsistencyReport | None = field(default=None, init=False)
+    repair_job: PrecomputeJob | None = field(default=None, init=False)
 
     @classmethod
     def load(cls, settings: Settings, metrics: AppMetrics, engine: Engine | None = None) -> Services:
@@ -51,6 +54,7 @@ class Services:
                 device=device,
                 dtype=None if settings.dtype == "auto" else settings.dtype,
                 cache_dir=settings.resolved_cache_dir,
+                self_check=settings.engine_self_check,
             )
         embedder = Embedder(settings.embedding_model or None, device=device)
         retrieval = RetrievalService(
@@ -100,6 +104,15 @@ class Services:
         self.ingestor.jobs.close()
         self.retrieval.close()
 
+    def check_consistency(self) -> ConsistencyReport:
+        """Run the start-up check of the KV caches against the document store (see
+        `app.consistency`); its report is kept in `consistency`, the re-encoding in `repair_job`."""
+        report, self.repair_job = check_consistency(self.retrieval, self.store, self.precomputer)
+        for kind in ("missing_kv", "orphan_kv", "stale_temp_files"):
+            self.metrics.startup_repairs.labels(kind).inc(getattr(report, kind))
+        self.consistency = report
+        return report
+
     def ingest_sample_collection(self) -> str | None:
         """Queue the bundled sample documents when nothing is stored yet; the job id, if queued."""
         if self.retrieval.list_documents():
@@ -136,11 +149,29 @@ class Services:
                 code="question_too_long",
             )
 
+    def validate_max_new_tokens(self, max_new_tokens: int | None) -> None:
+        """Refuse asking for more tokens than `max_new_tokens_limit` with `InvalidInput`."""
+        limit = self.settings.max_new_tokens_limit
+        if max_new_tokens is not None and max_new_tokens > limit:
+            raise InvalidInput(
+                f"max_new_tokens is {max_new_tokens}; this server generates at most {limit}",
+                code="max_new_tokens_too_large",
+            )
+
     async def search(
         self, question: str, top_k: int | None, filters: dict[str, Any] | None
     ) -> list[SearchHit]:
-        """The chunks retrieved for `question` (embedding runs off the event loop)."""
+        """The chunks retrieved for `question` (embedding runs off the event loop).
+
+        A question the generation pool would refuse now (503) is refused before retrieval.
+        """
         self.validate_question(question)
+        if top_k is not None and top_k > self.settings.max_top_k:
+            raise InvalidInput(
+                f"top_k is {top_k}; this server retrieves at most {self.settings.max_top_k} chunks",
+                code="top_k_too_large",
+            )
+        self.generations.check_capacity()
         return await asyncio.to_thread(
             self.retrieval.search, question, top_k or self.settings.top_k, filters
         )
@@ -179,6 +210,7 @@ class Services:
 
     async def generate(self, question: str, hits: list[SearchHit], **options: Any) -> RunningGeneration:
         """Admit and start `open_stream(question, hits, **options)` on the generation pool."""
+        self.validate_max_new_tokens(options.get("max_new_tokens"))
         return await self.generations.start(lambda: self.open_stream(question, hits, **options))
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 METHODS = ("full", "naive", "cacheblend", "epic", "snapkv", "samkv")
@@ -28,6 +28,11 @@ class Settings(BaseSettings):
     embedding_model: str = Field(
         "", description="Empty for the embedded all-MiniLM-L6-v2, else a local model path."
     )
+    engine_self_check: bool = Field(
+        True,
+        description="Check at load that KV reuse is exact on this model (seconds on a CPU); "
+        "turn off only where restarts must be fast and the model is known to pass.",
+    )
 
     # Generation defaults (per request overridable)
     method: str = Field("samkv", description="Default reuse method of a query.")
@@ -47,9 +52,18 @@ class Settings(BaseSettings):
 
     # Service
     api_keys: str = Field("", description="Comma-separated API keys; empty disables auth.")
+    public_reads: bool = Field(
+        False,
+        description="With API keys set, let reads (listing, jobs, questions, metrics) through "
+        "without a key; writes (ingest, delete) always need one.",
+    )
     max_concurrent_generations: int = Field(2, ge=1, le=64)
     max_queued_generations: int = Field(32, ge=0, le=10_000)
     max_question_chars: int = Field(4000, ge=1)
+    max_new_tokens_limit: int = Field(
+        2048, ge=1, le=2048, description="The most tokens one request may ask to generate."
+    )
+    max_top_k: int = Field(64, ge=1, le=64, description="The most chunks one request may retrieve.")
     max_request_bytes: int = Field(20 * 1024**2, ge=1024)
     max_documents_per_request: int = Field(256, ge=1)
     max_queued_ingest_jobs: int = Field(64, ge=1, le=10_000)
@@ -68,6 +82,15 @@ class Settings(BaseSettings):
         if value not in METHODS:
             raise ValueError(f"unknown method {value!r}; expected one of {', '.join(METHODS)}")
         return value
+
+    @model_validator(mode="after")
+    def _defaults_within_limits(self) -> Settings:
+        for default, limit in (("max_new_tokens", "max_new_tokens_limit"), ("top_k", "max_top_k")):
+            if getattr(self, default) > getattr(self, limit):
+                raise ValueError(
+                    f"{default} ({getattr(self, default)}) exceeds {limit} ({getattr(self, limit)})"
+                )
+        return self
 
     @property
     def api_key_list(self) -> list[str]:

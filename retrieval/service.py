@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 import threading
 import time
 import uuid
@@ -18,6 +16,7 @@ import numpy as np
 from retrieval.chunking import Chunker
 from retrieval.embedding import Embedder
 from retrieval.errors import DocumentNotFound, InvalidDocument, InvalidQuery, ServiceClosed
+from retrieval.index_file import read_index_file, write_index_file
 from retrieval.records import ChunkRecord, DocumentRecord, SearchHit
 from retrieval.store import DocumentStore
 from retrieval.vector_index import VectorIndex
@@ -40,8 +39,9 @@ class RetrievalService:
 
     The SQLite store (`documents.sqlite3`) is the source of truth, embeddings included; the
     FAISS index (`index.faiss`) is derived from it, saved at most every `save_interval_s`
-    after changes and on `close`, and checked against the store on start: a missing,
-    unreadable or stale index is rebuilt from the stored embeddings. A search never returns
+    after changes and on `close` with a checksum, and checked against the store on start: a
+    missing, damaged (checksum), unreadable or stale index is rebuilt from the stored
+    embeddings. A search never returns
     a chunk that is not in the store, so a deleted document cannot come back even while the
     index on disk is behind.
 
@@ -278,10 +278,8 @@ class RetrievalService:
             problem = "missing"
         if problem is None:
             try:
-                index = VectorIndex.from_bytes(
-                    np.fromfile(self._index_path, dtype=np.uint8), self._use_gpu
-                )
-            except (ValueError, TypeError) as error:
+                index = VectorIndex.from_bytes(read_index_file(self._index_path), self._use_gpu)
+            except (OSError, ValueError, TypeError) as error:
                 problem = f"unreadable ({error})"
         if index is not None and problem is None:
             index_ids = index.ids()
@@ -340,24 +338,8 @@ class RetrievalService:
         return stored is not None and count > 0
 
     def _save_index(self) -> None:
-        """Write the index atomically: a temporary file, fsync, then rename over the old one."""
-        data = self._index.to_bytes()
-        handle, temporary = tempfile.mkstemp(prefix=INDEX_FILE, suffix=".tmp", dir=self.data_dir)
-        try:
-            with os.fdopen(handle, "wb") as file:
-                data.tofile(file)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(temporary, self._index_path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
-        # The rename itself is only durable once the directory entry is on disk.
-        directory = os.open(self.data_dir, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+        """Write the index with its checksum, atomically (see `write_index_file`)."""
+        write_index_file(self._index_path, self._index.to_bytes())
         self._dirty = False
         self._last_save = time.monotonic()
 

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.dependencies import ServicesDep, SettingsDep
+from app.dependencies import ServicesDep, SettingsDep, require_api_key
 from app.errors import InvalidInput, NotFound, PayloadTooLarge
 from app.ingestion import NewDocument, new_document_id
 from app.schemas import (
@@ -30,6 +31,31 @@ logger = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1/documents", tags=["documents"])
 
+def _standalone_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """The model's JSON schema with its nested models written in place.
+
+    Pydantic refers to nested models through `#/$defs/...`, which points nowhere once the
+    schema sits inside the OpenAPI document.
+    """
+    schema = model.model_json_schema()
+    definitions = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            reference = node.get("$ref", "")
+            if reference.startswith("#/$defs/"):
+                return inline(definitions[reference.removeprefix("#/$defs/")])
+            return {key: inline(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [inline(value) for value in node]
+        return node
+
+    return inline(schema)
+
+
+# The longest file name common file systems store.
+MAX_FILE_NAME_CHARS = 255
+
 _ERRORS = {
     code: {"model": ErrorResponse}
     for code in (401, 403, 413, 422, 503)
@@ -40,7 +66,7 @@ _INGEST_BODY = {
     "requestBody": {
         "required": True,
         "content": {
-            "application/json": {"schema": DocumentsIn.model_json_schema()},
+            "application/json": {"schema": _standalone_schema(DocumentsIn)},
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
@@ -67,6 +93,7 @@ _INGEST_BODY = {
     responses={200: {"model": IngestAccepted, "description": "With `?wait=true`: finished"}, **_ERRORS},
     openapi_extra=_INGEST_BODY,
     summary="Ingest documents (JSON or file upload)",
+    dependencies=[Depends(require_api_key)],
 )
 async def ingest(
     request: Request,
@@ -123,20 +150,28 @@ async def _json_documents(request: Request) -> list[NewDocument]:
 
 
 async def _uploaded_documents(request: Request, settings: Settings) -> list[NewDocument]:
-    form = await request.form(max_files=settings.max_documents_per_request + 1)
+    limit = settings.max_documents_per_request
+    try:
+        form = await request.form(max_files=limit)
+    except StarletteHTTPException as error:  # the parser's 400: the caller's mistake, so 4xx
+        if "too many files" in str(error.detail).lower():
+            raise PayloadTooLarge(f"more than {limit} files in one request") from None
+        raise InvalidInput(
+            f"the upload is not valid multipart/form-data: {error.detail}", code="invalid_upload"
+        ) from None
     uploads = [value for _, value in form.multi_items() if isinstance(value, UploadFile)]
     if not uploads:
         raise InvalidInput("the upload holds no files (send them in a `files` field)", code="no_files")
     documents: list[NewDocument] = []
     received = 0
     for upload in uploads:
+        name = _checked_file_name(upload.filename)
         data = await upload.read()
         received += len(data)
         if received > settings.max_request_bytes:
             raise PayloadTooLarge(
                 f"the uploaded files exceed {settings.max_request_bytes} bytes; send fewer or smaller files"
             )
-        name = upload.filename or "upload.txt"
         # Extraction is quick next to embedding and encoding; doing it here turns a bad file
         # into a 422 at once rather than a failed job later.
         text = await asyncio.to_thread(extract_text, name, data)
@@ -168,12 +203,40 @@ async def get_document(document_id: str, services: ServicesDep) -> DocumentOut:
     return _document_out(record)
 
 
-@router.delete("/{document_id}", response_model=Deleted, responses={404: {"model": ErrorResponse}, **_ERRORS})
+@router.delete(
+    "/{document_id}",
+    response_model=Deleted,
+    responses={404: {"model": ErrorResponse}, **_ERRORS},
+    dependencies=[Depends(require_api_key)],
+)
 async def delete_document(document_id: str, services: ServicesDep) -> Deleted:
     """Remove the document's chunks from the index and their KV caches from every tier."""
     if not await asyncio.to_thread(services.delete_document, document_id):
         raise NotFound(f"no document with id {document_id!r}")
     return Deleted(id=document_id)
+
+
+def _checked_file_name(name: str | None) -> str:
+    """The upload's file name, refused (422) when it is not a plain name.
+
+    The name is stored and shown back to users, so one carrying directories (`../etc/x.txt`,
+    `C:\\x.txt`) or control characters is refused rather than quietly rewritten.
+    """
+    if not name:
+        return "upload.txt"
+    if (
+        "/" in name
+        or "\\" in name
+        or name.strip(".") == ""
+        or len(name) > MAX_FILE_NAME_CHARS
+        or any(ord(char) < 32 or ord(char) == 127 for char in name)
+    ):
+        raise InvalidInput(
+            f"file name {name[:80]!r} is not accepted: send a plain name of at most "
+            f"{MAX_FILE_NAME_CHARS} characters, without directories or control characters",
+            code="invalid_file_name",
+        )
+    return name
 
 
 def _document_out(record: DocumentRecord) -> DocumentOut:

@@ -1,4 +1,5 @@
-"""API keys: every write (and API read) refuses a missing key with 401 and a wrong one with 403."""
+"""API keys: every write (and API read, unless reads are public) refuses a missing key with 401
+and a wrong one with 403."""
 
 from __future__ import annotations
 
@@ -39,3 +40,42 @@ def test_missing_and_wrong_keys_are_refused(live_server, method, path, kwargs):
 @pytest.mark.parametrize("path", ["/", "/healthz", "/readyz", "/docs", "/openapi.json", "/static/app.js"])
 def test_public_paths_need_no_key(live_server, path):
     assert httpx.get(live_server + path).status_code == 200
+
+
+@pytest.fixture
+def unstarted_app(tmp_path):
+    """Factory: an app whose models never load (no lifespan), so answers past the key check
+    are 503 `not_ready`: enough to see which requests the key check lets through."""
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+    from app.settings import Settings
+
+    def make(**settings) -> TestClient:
+        return TestClient(create_app(Settings(data_dir=tmp_path, api_keys=API_KEY, **settings)))
+
+    return make
+
+
+WRITES = PROTECTED[:3]
+READS = PROTECTED[3:]
+
+
+@pytest.mark.parametrize(("method", "path", "kwargs"), WRITES)
+def test_writes_need_a_key_even_with_public_reads(unstarted_app, method, path, kwargs):
+    client = unstarted_app(public_reads=True)
+    assert client.request(method, path, **kwargs).status_code == 401
+    wrong = client.request(method, path, headers={"Authorization": "Bearer wrong"}, **kwargs)
+    assert wrong.status_code == 403
+    # A key of another length is refused the same way (digests are compared, not the keys).
+    longer = client.request(method, path, headers={"Authorization": f"Bearer {API_KEY}x"}, **kwargs)
+    assert longer.status_code == 403
+    accepted = client.request(method, path, headers={"Authorization": f"Bearer {API_KEY}"}, **kwargs)
+    assert accepted.json()["error"]["code"] == "not_ready"
+
+
+@pytest.mark.parametrize(("method", "path", "kwargs"), READS)
+def test_public_reads_need_no_key(unstarted_app, method, path, kwargs):
+    public = unstarted_app(public_reads=True).request(method, path, **kwargs)
+    assert public.status_code == 200 or public.json()["error"]["code"] == "not_ready"
+    assert unstarted_app().request(method, path, **kwargs).status_code == 401
