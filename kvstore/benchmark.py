@@ -32,7 +32,7 @@ import numpy as np
 import redis
 import torch
 
-from kvstore.checksum import CHECKSUM_ALGORITHMS
+from kvstore.checksum import CHECKSUM_ALGORITHMS, DEFAULT_CHECKSUM
 from kvstore.disk import DiskTier
 from kvstore.keys import StoreKey
 from kvstore.memory import MemoryTier
@@ -270,7 +270,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--dtype", choices=["float16", "bfloat16"], default="float16")
     parser.add_argument("--quantization", choices=["none", "int8"], default="none")
-    parser.add_argument("--checksum", choices=CHECKSUM_ALGORITHMS, default="crc32")
+    parser.add_argument("--checksum", choices=CHECKSUM_ALGORITHMS, default=DEFAULT_CHECKSUM)
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
     results = run_benchmark(

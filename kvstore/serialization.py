@@ -10,8 +10,8 @@ Blob entries (one per layer and tensor, so a file can be read one layer at a tim
     layer.{l}.v_scale    [n_kv_heads, L, 1]          float32, int8 only: one scale per token
 
 The safetensors metadata holds the `Header`: format name, layout version, model fingerprint,
-storage dtype, quantisation, |P|, every shape, the checksum algorithm (crc32; older copies
-sha256), checksums of the token ids and of each layer's tensor bytes (so one layer can be
+storage dtype, quantisation, |P|, every shape, the checksum algorithm (xxh3; older copies
+crc32 or sha256), checksums of the token ids and of each layer's tensor bytes (so one layer can be
 verified without reading the others), and a sha256 over all of those.
 
 In memory a `StoredDocument` keeps each tensor name stacked over the layers ([n_layers, ...]),
@@ -36,20 +36,27 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
 from functools import cached_property
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 import safetensors.torch
 import torch
 
-from kvstore.blob import BlobIndex, BufferSource, ByteSource, read_entry, read_index
+from kvstore.blob import (
+    BlobIndex,
+    BufferSource,
+    ByteSource,
+    entry_offset,
+    read_index,
+    read_ranges,
+)
 from kvstore.checksum import (
     CHECKSUM_ALGORITHMS,
+    DEFAULT_CHECKSUM,
     ChecksumAlgorithm,
-    byte_view,
     digest,
     tensor_digest,
 )
@@ -78,7 +85,7 @@ class StorageFormat:
 
     dtype: StorageDtype = "float16"
     quantization: Quantization = "none"
-    checksum: ChecksumAlgorithm = "crc32"
+    checksum: ChecksumAlgorithm = DEFAULT_CHECKSUM
 
     def __post_init__(self) -> None:
         if self.dtype not in _TORCH_DTYPES:
@@ -114,7 +121,7 @@ class Header:
     token_ids_checksum: str
     layer_checksums: tuple[str, ...]
     checksum: str  # sha256 over token_ids_checksum and every layer checksum
-    checksum_algorithm: ChecksumAlgorithm = "crc32"  # of the token ids and layer checksums
+    checksum_algorithm: ChecksumAlgorithm = DEFAULT_CHECKSUM  # of the token ids and layer checksums
     layout_version: int = LAYOUT_VERSION
 
     @property
@@ -309,12 +316,13 @@ def encode(doc: DocumentKV, fmt: StorageFormat = StorageFormat()) -> StoredDocum
     return StoredDocument(header, token_ids, tensors)
 
 
-def verify_token_ids(header: Header, token_ids: torch.Tensor) -> None:
-    """Raise `CorruptEntry` unless `token_ids` are the ones the header describes."""
-    if token_ids.dtype != torch.int64 or tuple(token_ids.shape) != (header.length,):
-        raise CorruptEntry("token_ids have the wrong shape or dtype")
-    if tensor_digest(header.checksum_algorithm, [token_ids]) != header.token_ids_checksum:
+def _verified_token_ids(header: Header, token_ids: np.ndarray) -> torch.Tensor:
+    """The int64 array `token_ids` as a tensor (no copy), if they are the ones the header
+    describes; `CorruptEntry` if not."""
+    # Checked in numpy: torch's views for byte_view cost more than hashing 300 ids.
+    if digest(header.checksum_algorithm, [token_ids.view(np.uint8)]) != header.token_ids_checksum:
         raise CorruptEntry("token_ids checksum mismatch")
+    return torch.from_numpy(token_ids)
 
 
 def _keys_values(
@@ -389,26 +397,60 @@ def read_blob_header(src: ByteSource) -> tuple[Header, BlobIndex]:
 
 def read_token_ids(src: ByteSource, index: BlobIndex, header: Header) -> torch.Tensor:
     """A blob's token ids, verified."""
-    token_ids = torch.empty(header.length, dtype=torch.int64)
-    read_entry(src, index, "token_ids", (header.length,), torch.int64, byte_view(token_ids))
-    verify_token_ids(header, token_ids)
-    return token_ids
+    token_ids = np.empty(header.length, np.int64)
+    # Only this entry: a Redis header part holds nothing else.
+    offset = index.data_start + entry_offset(index, "token_ids", (header.length,), torch.int64)
+    read_ranges(src, [(offset, token_ids.view(np.uint8))])
+    return _verified_token_ids(header, token_ids)
 
 
-def _read_layer_into(
-    src: ByteSource,
-    index: BlobIndex,
-    header: Header,
-    layer: int,
-    entry_name: Callable[[str], str],
-    out: Sequence[np.ndarray],
-) -> None:
-    """Copy layer `layer`'s tensors into `out` (one byte array each, in spec order) and verify them."""
+class _BlobPlan(NamedTuple):
+    """Where a blob's tensors start in its data, every entry checked against the header."""
+
+    token_ids: int
+    layers: tuple[tuple[int, ...], ...]  # per layer, its tensors in spec order
+
+
+def _blob_plan(index: BlobIndex, header: Header) -> _BlobPlan:
+    """The plan of a blob made by `to_blob`, made once per index layout and header shape."""
+    spec = tuple(header.layer_spec().items())
+    key = ("blob", header.length, header.n_layers, spec)
+    plan = index.layout.derived.get(key)
+    if plan is None:
+        plan = _BlobPlan(
+            entry_offset(index, "token_ids", (header.length,), torch.int64),
+            tuple(
+                tuple(
+                    entry_offset(index, layer_entry(i, name), shape, dtype)
+                    for name, (shape, dtype) in spec
+                )
+                for i in range(header.n_layers)
+            ),
+        )
+        index.layout.derived[key] = plan
+    return plan  # type: ignore[return-value]
+
+
+def _part_plan(index: BlobIndex, header: Header) -> tuple[int, ...]:
+    """Where a layer part's tensors (spec order) start in its data, checked against the header,
+    found once per index layout and header shape."""
+    spec = tuple(header.layer_spec().items())
+    key = ("part", spec)
+    plan = index.layout.derived.get(key)
+    if plan is None:
+        plan = tuple(entry_offset(index, name, shape, dtype) for name, (shape, dtype) in spec)
+        index.layout.derived[key] = plan
+    return plan  # type: ignore[return-value]
+
+
+def _check_layer(header: Header, layer: int) -> None:
     if not 0 <= layer < header.n_layers:
         raise IndexError(f"layer {layer} out of range for a {header.n_layers}-layer document")
-    for (name, (shape, dtype)), buffer in zip(header.layer_spec().items(), out):
-        read_entry(src, index, entry_name(name), shape, dtype, buffer)
-    if digest(header.checksum_algorithm, out) != header.layer_checksums[layer]:
+
+
+def _verify_layer(header: Header, layer: int, buffers: Sequence[np.ndarray]) -> None:
+    """Raise `CorruptEntry` unless a layer's tensor bytes (in spec order) match its checksum."""
+    if digest(header.checksum_algorithm, buffers) != header.layer_checksums[layer]:
         raise CorruptEntry(f"layer {layer} checksum mismatch")
 
 
@@ -422,32 +464,36 @@ _NUMPY_DTYPES = {
 }
 
 
-def _as_tensor(buffer: np.ndarray, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
-    """A tensor over the bytes of `buffer` (no copy)."""
-    # Viewing and reshaping in numpy costs a fraction of torch's per-call overhead, which adds up
-    # over every tensor of every layer of every document.
-    tensor = torch.from_numpy(buffer.view(_NUMPY_DTYPES[dtype]).reshape(shape))
+def _as_tensor(
+    buffer: np.ndarray, offset: int, dtype: torch.dtype, shape: tuple[int, ...]
+) -> torch.Tensor:
+    """A tensor over the bytes of the uint8 array `buffer` from `offset` on (no copy)."""
+    # One numpy constructor costs half of slicing, viewing and reshaping, and a fraction of
+    # torch's per-call overhead, which adds up over every tensor of every layer of every document.
+    tensor = torch.from_numpy(np.ndarray(shape, _NUMPY_DTYPES[dtype], buffer, offset))
     return tensor if tensor.dtype == dtype else tensor.view(dtype)
 
 
 def _read_one_layer(
-    src: ByteSource, index: BlobIndex, header: Header, layer: int, entry_name: Callable[[str], str]
+    src: ByteSource, index: BlobIndex, header: Header, layer: int, offsets: Sequence[int]
 ) -> dict[str, torch.Tensor]:
+    """One layer (its tensors at `offsets` in the data, spec order) in new memory, verified:
+    one read per run of adjacent entries, one checksum."""
     # One allocation for the whole layer; its tensors are views of it.
     buffer = np.empty(header.layer_slots[-1][1], np.uint8)
-    _read_layer_into(
-        src, index, header, layer, entry_name, [buffer[a:b] for a, b in header.layer_slots]
-    )
+    slots = [buffer[a:b] for a, b in header.layer_slots]
+    start = index.data_start
+    read_ranges(src, [(start + offset, slot) for offset, slot in zip(offsets, slots)])
+    _verify_layer(header, layer, slots)
     return {
-        name: _as_tensor(buffer[a:b], dtype, shape)
-        for (name, (shape, dtype)), (a, b) in zip(header.layer_spec().items(), header.layer_slots)
+        name: _as_tensor(buffer, a, dtype, shape)
+        for (name, (shape, dtype)), (a, _) in zip(header.layer_spec().items(), header.layer_slots)
     }
 
 
-def _read_all_layers(
-    header: Header, read_layer: Callable[[int, list[np.ndarray]], None]
-) -> dict[str, torch.Tensor]:
-    """Every layer, each tensor read straight into its slot of a stacked [n_layers, ...] tensor."""
+def _stacked_buffers(header: Header) -> tuple[dict[str, np.ndarray], dict[str, torch.Tensor]]:
+    """Every layer's tensors stacked per name in one new allocation: as [n_layers, row bytes]
+    uint8 arrays to read into, and as the [n_layers, ...] tensors over the same memory."""
     spec = header.layer_spec()
     # One allocation for the whole document: fresh memory costs page faults per allocation as
     # well as per page, and one buffer read into measured ~20% faster than one per tensor name.
@@ -458,38 +504,50 @@ def _read_all_layers(
         name: buffer[a:b].reshape(header.n_layers, row)
         for name, row, (a, b) in zip(spec, rows, ranges)
     }
-    for i in range(header.n_layers):
-        read_layer(i, [stacked[name][i] for name in spec])
-    return {
-        name: _as_tensor(stacked[name], dtype, (header.n_layers, *shape))
-        for name, (shape, dtype) in spec.items()
+    tensors = {
+        name: _as_tensor(buffer, a, dtype, (header.n_layers, *shape))
+        for (name, (shape, dtype)), (a, _) in zip(spec.items(), ranges)
     }
+    return stacked, tensors
 
 
 def read_blob_layer(
     src: ByteSource, index: BlobIndex, header: Header, layer: int
 ) -> dict[str, torch.Tensor]:
     """Layer `layer` of a blob made by `to_blob`, in new memory, verified."""
-    return _read_one_layer(src, index, header, layer, lambda name: layer_entry(layer, name))
+    _check_layer(header, layer)
+    return _read_one_layer(src, index, header, layer, _blob_plan(index, header).layers[layer])
 
 
 def read_blob(src: ByteSource, expected_fingerprint_hash: str | None = None) -> StoredDocument:
-    """A whole blob made by `to_blob`, each tensor copied once into its stacked place, verified."""
+    """A whole blob made by `to_blob`, each tensor copied once into its stacked place, verified.
+
+    Every entry is read by one `read_ranges` (for a file, one system call), then verified.
+    """
     header, index = read_blob_header(src)
     if expected_fingerprint_hash is not None:
         header.check_fingerprint(expected_fingerprint_hash)
     spec = header.layer_spec()
-    names = {"token_ids"} | {layer_entry(i, n) for i in range(header.n_layers) for n in spec}
-    if index.entries.keys() != names:
-        unexpected = sorted(index.entries.keys() - names)[:3]
-        missing = sorted(names - index.entries.keys())[:3]
-        raise CorruptEntry(f"blob entries differ from its header: {unexpected=}, {missing=}")
-    token_ids = read_token_ids(src, index, header)
-
-    def read_layer(i: int, out: list[np.ndarray]) -> None:
-        _read_layer_into(src, index, header, i, lambda name: layer_entry(i, name), out)
-
-    return StoredDocument(header, token_ids, _read_all_layers(header, read_layer))
+    # `_blob_plan` checks every expected entry (once per layout), so a matching count leaves
+    # no stray one.
+    if len(index.entries) != 1 + header.n_layers * len(spec):
+        raise CorruptEntry(
+            f"blob holds {len(index.entries)} entries, its header describes "
+            f"{1 + header.n_layers * len(spec)}"
+        )
+    stacked, tensors = _stacked_buffers(header)
+    layers = [[stacked[name][i] for name in spec] for i in range(header.n_layers)]
+    plan = _blob_plan(index, header)
+    start = index.data_start
+    token_ids = np.empty(header.length, np.int64)
+    placements = [(start + plan.token_ids, token_ids.view(np.uint8))]
+    for offsets, slots in zip(plan.layers, layers):
+        placements.extend((start + offset, slot) for offset, slot in zip(offsets, slots))
+    read_ranges(src, placements)
+    token_tensor = _verified_token_ids(header, token_ids)
+    for i, slots in enumerate(layers):
+        _verify_layer(header, i, slots)
+    return StoredDocument(header, token_tensor, tensors)
 
 
 def from_blob(blob: bytes, expected_fingerprint_hash: str | None = None) -> StoredDocument:
@@ -538,7 +596,8 @@ def _part_index(header: Header, layer: int, part: bytes) -> tuple[BufferSource, 
 def layer_from_part(header: Header, layer: int, part: bytes) -> dict[str, torch.Tensor]:
     """Parse and verify one layer part against its header, into new memory."""
     src, index = _part_index(header, layer, part)
-    return _read_one_layer(src, index, header, layer, str)
+    _check_layer(header, layer)
+    return _read_one_layer(src, index, header, layer, _part_plan(index, header))
 
 
 def from_parts(
@@ -553,14 +612,18 @@ def from_parts(
     if len(parts) != header.n_layers + 1:
         raise CorruptEntry(f"{len(parts) - 1} layer parts for a {header.n_layers}-layer document")
 
-    def read_layer(i: int, out: list[np.ndarray]) -> None:
+    names = tuple(header.layer_spec())
+    stacked, tensors = _stacked_buffers(header)
+    for i in range(header.n_layers):
         part = parts.get(layer_part(i))
         if part is None:
             raise CorruptEntry(f"layer part {i} missing")
         src, index = _part_index(header, i, part)
-        _read_layer_into(src, index, header, i, str, out)
-
-    return StoredDocument(header, token_ids, _read_all_layers(header, read_layer))
+        slots = [stacked[name][i] for name in names]
+        offsets = _part_plan(index, header)
+        read_ranges(src, [(index.data_start + o, slot) for o, slot in zip(offsets, slots)])
+        _verify_layer(header, i, slots)
+    return StoredDocument(header, token_ids, tensors)
 
 
 def serialize(doc: DocumentKV, fmt: StorageFormat = StorageFormat()) -> bytes:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import struct
 
 import pytest
 import torch
 from safetensors import safe_open
 
 from kvstore import CorruptEntry, FingerprintMismatch, StorageFormat, deserialize, serialize
+from kvstore.blob import BufferSource, read_index
 from kvstore.serialization import (
     LAYOUT_VERSION,
     decode,
@@ -96,9 +98,10 @@ def _flip_byte(blob: bytes, offset_from_end: int) -> bytes:
     return bytes(data)
 
 
+@pytest.mark.parametrize("checksum", ["xxh3", "crc32", "sha256"])
 @pytest.mark.parametrize("offset_from_end", [1, 5000, 200_000])
-def test_a_flipped_tensor_byte_is_detected(offset_from_end):
-    blob = serialize(make_doc(2, 300, **EMBEDDED_SHAPES))
+def test_a_flipped_tensor_byte_is_detected(offset_from_end, checksum):
+    blob = serialize(make_doc(2, 300, **EMBEDDED_SHAPES), StorageFormat(checksum=checksum))
     with pytest.raises(CorruptEntry, match="checksum"):
         deserialize(_flip_byte(blob, offset_from_end))
 
@@ -139,12 +142,19 @@ def test_parts_round_trip_and_check_each_layer(quantization):
         from_parts(parts)
 
 
-def test_new_copies_use_crc32_and_sha256_copies_stay_readable(embedded_doc):
-    assert read_metadata(serialize(embedded_doc))["checksum_algorithm"] == "crc32"
-    old = serialize(embedded_doc, StorageFormat(checksum="sha256"))
+def test_new_copies_use_xxh3():
+    meta = read_metadata(serialize(make_doc(7)))
+    assert meta["checksum_algorithm"] == "xxh3"
+    assert all(len(s) == 16 for s in json.loads(meta["layer_checksums"]))
+
+
+@pytest.mark.parametrize(("checksum", "digest_len"), [("crc32", 8), ("sha256", 64)])
+def test_crc32_and_sha256_copies_stay_readable(embedded_doc, checksum, digest_len):
+    old = serialize(embedded_doc, StorageFormat(checksum=checksum))
     meta = read_metadata(old)
     assert (
-        meta["checksum_algorithm"] == "sha256" and len(json.loads(meta["layer_checksums"])[0]) == 64
+        meta["checksum_algorithm"] == checksum
+        and len(json.loads(meta["layer_checksums"])[0]) == digest_len
     )
     assert_same_doc(deserialize(old, fingerprint=FINGERPRINT), as_stored(embedded_doc))
     with pytest.raises(CorruptEntry, match="checksum"):
@@ -153,7 +163,7 @@ def test_new_copies_use_crc32_and_sha256_copies_stay_readable(embedded_doc):
 
 def test_an_unknown_checksum_algorithm_is_corrupt():
     blob = serialize(make_doc(7))
-    forged = blob.replace(b'"checksum_algorithm":"crc32"', b'"checksum_algorithm":"crc99"', 1)
+    forged = blob.replace(b'"checksum_algorithm":"xxh3"', b'"checksum_algorithm":"xxh9"', 1)
     assert forged != blob
     with pytest.raises(CorruptEntry, match="checksum algorithm"):
         deserialize(forged)
@@ -176,3 +186,37 @@ def test_decode_shares_unquantised_tensors_and_bfloat16_survives_the_parts(embed
         assert again.tensors[name].dtype == tensor.dtype and torch.equal(
             again.tensors[name], tensor
         )
+
+
+def _rewrite_index(blob: bytes, edit) -> bytes:
+    """`blob` with its safetensors JSON index passed through `edit` (a dict -> None)."""
+    length = struct.unpack("<Q", blob[:8])[0]
+    index = json.loads(blob[8 : 8 + length])
+    edit(index)
+    raw = json.dumps(index).encode()
+    raw += b" " * (-len(raw) % 8)
+    return struct.pack("<Q", len(raw)) + raw + blob[8 + length :]
+
+
+def test_documents_of_one_shape_share_a_checked_index_layout():
+    first, second = serialize(make_doc(9)), serialize(make_doc(10))
+    assert read_index(BufferSource(first)).layout is read_index(BufferSource(second)).layout
+
+
+def test_a_known_layout_is_not_reused_for_an_index_that_differs_from_it():
+    blob = serialize(make_doc(11))
+    deserialize(blob)  # its layout is now known
+
+    def swap_k_and_v(index: dict) -> None:
+        k, v = index["layer.1.k"], index["layer.1.v"]
+        k["data_offsets"], v["data_offsets"] = v["data_offsets"], k["data_offsets"]
+
+    # Same entry count and data size, every entry in bounds: only the checksum tells.
+    with pytest.raises(CorruptEntry, match="layer 1 checksum"):
+        deserialize(_rewrite_index(blob, swap_k_and_v))
+
+    def shift_one_entry(index: dict) -> None:
+        index["layer.2.q"]["data_offsets"][1] -= 2
+
+    with pytest.raises(CorruptEntry, match="does not fit"):
+        deserialize(_rewrite_index(blob, shift_one_entry))

@@ -20,7 +20,7 @@ from kvstore import (
     TierFull,
     make_key,
 )
-from kvstore.serialization import encode, to_blob
+from kvstore.serialization import StorageFormat, encode, to_blob
 from tests.kvstore.kvstore_testing import FINGERPRINT, make_doc, start_private_redis
 
 
@@ -170,6 +170,37 @@ def test_disk_truncated_file_is_corrupt(tmp_path):
     ):
         with pytest.raises(CorruptEntry):
             read()
+
+
+@pytest.mark.parametrize("checksum", ["xxh3", "crc32", "sha256"])
+def test_disk_copy_is_verified_with_the_algorithm_it_names(tmp_path, checksum):
+    tier = DiskTier(tmp_path)
+    key = make_key(FINGERPRINT, "chunk")
+    stored = encode(make_doc(14), StorageFormat(checksum=checksum))
+    tier.put(key, stored)
+    got = tier.get(key)
+    assert got.header.checksum_algorithm == checksum
+    reader = tier.open_reader(key)
+    for layer in range(stored.header.n_layers):
+        _, tensors = reader.read_layer(layer)
+        for name, tensor in stored.layer(layer).items():
+            assert torch.equal(tensors[name], tensor) and torch.equal(
+                got.layer(layer)[name], tensor
+            )
+    reader.close()
+    # One flipped byte in the last layer's last tensor: whole reads and that layer's read fail.
+    path = tier.path(key)
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x01
+    path.write_bytes(bytes(data))
+    last = stored.header.n_layers - 1
+    with pytest.raises(CorruptEntry, match="checksum"):
+        tier.get(key)
+    with pytest.raises(CorruptEntry, match="checksum"):
+        tier.read_layer(key, last)
+    reader = tier.open_reader(key)
+    assert torch.equal(reader.read_layer(0)[1]["k"], stored.layer(0)["k"])
+    reader.close()
 
 
 def test_memory_tier_never_shares_an_entry_with_get_or_put_callers():
