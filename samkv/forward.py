@@ -33,18 +33,17 @@ def forward_tokens(
     token_ids: torch.Tensor,
     positions: torch.Tensor,
     *,
-    mask: torch.Tensor | None = None,
     all_logits: bool = False,
     record: Recording | None = None,
 ) -> torch.Tensor:
     """Runs token_ids [T] at positions [T] over `cache`, appending their KV to it.
 
-    `mask` [T, cache.length + T] defaults to causal. Returns float32 logits of the last token
-    [1, vocab], or of every token [T, vocab] with `all_logits`.
+    Every cached entry is visible to the new tokens, which are causal among themselves.
+    Returns float32 logits of the last token [1, vocab], or of every token [T, vocab] with
+    `all_logits`.
     """
     start, new = cache.length, int(token_ids.shape[0])
-    if mask is None and new > 1:
-        mask = causal_mask(start, new, ops.device)
+    mask = causal_mask(start, new, ops.device) if new > 1 else None
     hidden = ops.embed(token_ids)  # [T, hidden]
     positions = positions.to(ops.device)
     for layer in range(ops.shape.num_layers):
