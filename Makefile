@@ -30,4 +30,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check app retrieval kvstore samkv tests
 
 bench: $(STAMP)
-	$(VENV)/bin/samkv-rag bench --questions 120 --docs 8 --doc-tokens 300 --out bench-results
+	$(VENV)/bin/samkv-rag bench --questions 120 --docs 8 --doc-tokens 300 --two-hop-fraction 0.2 \
+	  --methods full,naive,cacheblend,epic,snapkv,samkv --keep-ratios 0.15 \
+	  --ablations complement=False,recompute=False,global_budget=False \
+	  --max-new-tokens 12 --cache-tier disk --out bench-results/q120
