@@ -4,8 +4,8 @@ A two-hop question names A; one document links A to a bridge entity B; another h
 answer. The question alone never points at the second document, so after a first selection
 by the question, these scores look for what the kept tokens lead to:
 
-- `reprobe`: the question is prefilled over the first stage's recomputed compact cache (its
-  deeper layers have then read the bridge entity), and its queries score every stored token;
+- `reprobe`: the question is prefilled over the first stage's compact cache (its deeper layers
+  have then read the bridge entity), and its queries score every stored token;
 - `entity`: the pre-RoPE keys of kept capitalised or numeric tokens (names, places, codes) are
   matched against the keys of the other contexts' tokens; stored keys carry no position, so the
   same entity written in two documents has similar keys in the early layers.
@@ -22,6 +22,7 @@ from samkv.document import DocumentSource
 from samkv.forward import Recording, forward_tokens
 from samkv.layers import ModelOps
 from samkv.layout import Layout
+from samkv.methods.base import nothing
 
 # Byte-level BPE and SentencePiece mark a token that starts a word with these.
 WORD_MARKERS = "Ġ▁ "
@@ -40,7 +41,7 @@ def reprobe_scores(
     layers: range,
     meter: KVMeter,
 ) -> torch.Tensor:
-    """[N]: attention of the question, prefilled over [P ; kept tokens recomputed], on each stored token.
+    """[N]: attention of the question, prefilled over [P ; kept tokens' stored KV], on each stored token.
 
     The attention is taken over every context token (stored keys aligned to their positions),
     normalised over the context, and averaged over heads, question tokens and `layers`.
@@ -50,7 +51,10 @@ def reprobe_scores(
     q_len = int(question_ids.numel())
     compact = KVCache(shape.num_layers, shape.num_kv_heads, shape.head_dim, P + int(kept.numel()) + q_len,
                       ops.dtype, ops.device, meter)
-    assemble(ops, prefix, source, layout, context_ids, Plan(keep=kept, recompute=kept), compact, meter)
+    # Stored KV, not recomputed: the sentence naming the bridge lies inside the document that the
+    # question already points at, so its stored KV has read it; recomputing would add only the
+    # cross-document attention, at the cost of a second assembly.
+    assemble(ops, prefix, source, layout, context_ids, Plan(keep=kept, recompute=nothing()), compact, meter)
     record = Recording()
     positions = layout.question_start + torch.arange(q_len)
     forward_tokens(ops, compact, question_ids, positions, record=record)

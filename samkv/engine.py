@@ -51,6 +51,7 @@ class Generation:
     token_ids: list[int]
     stats: dict[str, Any]
     answer_logprob: float | None = None
+    kept_indices: list[int] = field(default_factory=list)  # context tokens in the decoding cache
 
 
 @dataclass
@@ -92,12 +93,14 @@ class GenerationStream:
         self.text = ""
         self.stats: dict[str, Any] | None = None
         self.answer_logprob: float | None = None
+        self.kept_indices: list[int] = []
 
     def __iter__(self) -> Iterator[str]:
         engine, request = self._engine, self._request
         started = time.perf_counter()
         scored = 0 if self._score_answer_ids is None else self._score_answer_ids.numel()
         built = engine._build(request, extra=request.question_ids.numel() + max(self._max_new_tokens, scored))
+        self.kept_indices = built.keep.tolist()
         ops, cache = engine.ops, built.cache
         assembled_length = cache.length
         start = request.layout.question_start
@@ -397,7 +400,7 @@ class Engine:
         for _ in stream:
             pass
         assert stream.stats is not None
-        return Generation(stream.text, stream.token_ids, stream.stats, stream.answer_logprob)
+        return Generation(stream.text, stream.token_ids, stream.stats, stream.answer_logprob, stream.kept_indices)
 
     @torch.inference_mode()
     def question_logits(self, question: str, documents: Documents = (), method: str = "samkv", **params: Any) -> torch.Tensor:

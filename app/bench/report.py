@@ -15,6 +15,7 @@ import matplotlib.pyplot as plt
 COLUMNS = [
     ("label", "method", "{}"), ("exact_match", "EM", "{:.1f}"), ("contains_match", "contains", "{:.1f}"),
     ("f1", "F1", "{:.1f}"), ("answer_logprob", "logprob", "{:.3f}"), ("agreement_with_full", "agree", "{:.1f}"),
+    ("answer_kept", "answer kept", "{:.1f}"),
     ("ttft_ms_median", "TTFT ms p50", "{:.0f}"), ("ttft_ms_p90", "TTFT ms p90", "{:.0f}"),
     ("ttft_share_of_full", "TTFT / full", "{:.2f}"), ("kv_decode_share_of_full", "KV decode / full", "{:.2f}"),
     ("kv_peak_share_of_full", "KV peak / full", "{:.2f}"), ("decode_tokens_per_s", "tok/s", "{:.1f}"),

@@ -9,7 +9,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from app.bench.generator import Question
-from app.bench.metrics import contains_match, exact_match, f1, normalize
+from app.bench.metrics import (
+    answer_kept,
+    answer_token_spans,
+    contains_match,
+    exact_match,
+    f1,
+    normalize,
+)
 from samkv import DocumentKV, DocumentSource, Engine
 
 DENSE = {"full", "naive", "epic"}
@@ -89,6 +96,7 @@ def run_questions(
         if on_encoded:
             on_encoded(documents, list(item.documents))
         full_text: str | None = None
+        spans = answer_token_spans(_context_pieces(engine, documents), item.answers)
         for config in configs:
             opened = time.perf_counter()
             source = source_factory(documents) if source_factory else documents
@@ -112,6 +120,7 @@ def run_questions(
                 "contains_match": contains_match(out.text, item.answers),
                 "f1": f1(out.text, item.answers),
                 "answer_logprob": out.answer_logprob,
+                "answer_kept": answer_kept(spans, set(out.kept_indices)),
                 "agrees_with_full": None if full_text is None else float(normalize(out.text) == normalize(full_text)),
                 **{key: stats[key] for key in (
                     "ttft_ms", "tokens_per_s", "kv_bytes_decode", "kv_bytes_peak", "recomputed_tokens",
@@ -122,6 +131,11 @@ def run_questions(
             if on_step:
                 on_step(record)
     return records
+
+
+def _context_pieces(engine: Engine, documents: list[DocumentKV]) -> list[str]:
+    """The context's tokens decoded one by one, in prompt order."""
+    return [engine.tokenizer.decode([token]) for document in documents for token in document.token_ids.tolist()]
 
 
 def _p90(values: list[float]) -> float:
@@ -152,6 +166,7 @@ def summarise(records: list[dict[str, Any]], configs: Sequence[MethodConfig]) ->
 def _aggregate(records: list[dict[str, Any]]) -> dict[str, Any]:
     ttft = [r["ttft_ms"] for r in records]
     agreement = [r["agrees_with_full"] for r in records if r["agrees_with_full"] is not None]
+    judged = [r["answer_kept"] for r in records if r.get("answer_kept") is not None]
     return {
         "questions": len(records),
         "exact_match": 100 * _mean([r["exact_match"] for r in records]),
@@ -159,6 +174,7 @@ def _aggregate(records: list[dict[str, Any]]) -> dict[str, Any]:
         "f1": 100 * _mean([r["f1"] for r in records]),
         "answer_logprob": _mean([r["answer_logprob"] for r in records]),
         "agreement_with_full": 100 * _mean(agreement) if agreement else None,
+        "answer_kept": 100 * _mean(judged) if judged else None,
         "ttft_ms_median": statistics.median(ttft),
         "ttft_ms_p90": _p90(ttft),
         "decode_tokens_per_s": _mean([r["tokens_per_s"] for r in records if r["tokens_per_s"] > 0]),

@@ -27,7 +27,7 @@ class PlanContext:
     layout: Layout
     num_layers: int
     probe: ProbeFn
-    reprobe: StageFn  # the question over the first stage's recomputed compact cache
+    reprobe: StageFn  # the question over the first stage's compact cache
     entity_match: StageFn  # key similarity to the first stage's kept entity tokens
 
 

@@ -21,7 +21,8 @@ class SamKV(Method):
     The complementary term (when `complement` and λ = `complement_weight` > 0) has three forms:
     - "summary": s + λ·z(c), `c` the attention of the other contexts' summary queries;
     - "reprobe" and "entity": two stages sharing the budget B: the first keeps (1 − λ)·B tokens
-      by s, the second fills B with the blocks that samkv.complement scores highest given them.
+      by s, the second fills B with the blocks that samkv.complement scores highest given them
+      (for "entity", z(match) + s: the entity match alone cannot tell which mention matters).
     """
 
     name = "samkv"
@@ -72,11 +73,13 @@ class SamKV(Method):
         keep = self._select(scores, context, first_ratio)
         if two_stage:
             if self.complement_mode == "reprobe":
-                second = context.reprobe(keep, band)
+                second = zscore(context.reprobe(keep, band))
             else:
                 match_band = (0, min(2, context.num_layers)) if self.match_layers is None else self.match_layers
-                second = context.entity_match(keep, check_layer_band(match_band, context.num_layers))
-            second = zscore(second)
+                match = context.entity_match(keep, check_layer_band(match_band, context.num_layers))
+                # A bridge entity recurs throughout its document; the question's own score picks,
+                # among the sentences naming it, the one that states what the question asks.
+                second = zscore(match) + scores
             second[keep] = float("inf")  # the first stage's tokens stay; B is filled around them
             keep = self._select(second, context, self.keep_ratio)
         return Plan(keep=keep, recompute=keep if self.recompute else nothing())

@@ -9,7 +9,14 @@ import pytest
 
 from app.bench.generator import QAGenerator
 from app.bench.longbench import DatasetError, load_longbench
-from app.bench.metrics import contains_match, exact_match, f1, normalize
+from app.bench.metrics import (
+    answer_kept,
+    answer_token_spans,
+    contains_match,
+    exact_match,
+    f1,
+    normalize,
+)
 from app.bench.report import write_report
 from app.bench.runner import method_configs, run_questions, summarise
 
@@ -72,6 +79,17 @@ def test_squad_style_metrics():
     assert f1("Velvik", ["Ravholm", "Velvik"]) == 1.0
 
 
+def test_answer_spans_are_found_in_decoded_tokens_and_judged_against_the_kept_set():
+    pieces = ["The", " code", " is", " 48", "21", ".", " Ost", "stad", " 4821x"]
+    assert answer_token_spans(pieces, ("4821",)) == [[3, 4]]  # "4821x" is another word
+    assert answer_token_spans(pieces, ("Oststad", "Ost")) == [[6, 7]]
+    assert answer_token_spans(pieces, ("Velvik",)) == []
+    spans = answer_token_spans(pieces, ("4821",))
+    assert answer_kept(spans, {3, 4, 6}) == 1.0
+    assert answer_kept(spans, {3}) == 0.0  # half an answer is not kept
+    assert answer_kept([], {0, 1}) is None
+
+
 def test_longbench_loader_reads_json_and_jsonl(tmp_path):
     record = {
         "input": "Which city is the band from?",
@@ -111,8 +129,10 @@ def test_a_small_run_writes_every_metric_and_plot(tiny_engine, count_tokens, tmp
         assert set(row["by_kind"]) == {"single", "two-hop"}
     full = next(r for r in results if r["label"] == "full")
     assert full["agreement_with_full"] == 100.0 and full["ttft_share_of_full"] == 1.0
+    assert full["answer_kept"] == 100.0  # the generated answers are in the context, and full keeps it all
     sparse = next(r for r in results if r["label"] == "samkv@0.15")
     assert sparse["kv_decode_share_of_full"] < 1.0
+    assert 0.0 <= sparse["answer_kept"] <= 100.0
     assert "samkv[recompute=False]@0.15" in (tmp_path / "results.md").read_text()
     assert {f.name for f in files} >= {"quality_vs_keep_ratio.png", "ttft.png", "kv_bytes.png", "summary.png"}
     assert all(f.stat().st_size > 0 for f in files)

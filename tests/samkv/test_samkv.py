@@ -13,6 +13,8 @@ from samkv.assembly import align_layer
 from samkv.complement import entity_match_scores, entity_tokens
 from samkv.errors import InvalidRequest
 from samkv.layout import Layout
+from samkv.methods import PlanContext, make_method
+from samkv.probe import ProbeScores
 from samkv.selection import select_blocks
 from tests.conftest import DOCUMENTS
 
@@ -148,6 +150,26 @@ def test_two_stage_share_must_leave_the_first_stage_something(tiny_engine):
         engine.generate(QUESTION, docs, "samkv", complement_mode="entity", complement_weight=1.0)
     with pytest.raises(InvalidRequest, match="complement_mode must be one of"):
         engine.generate(QUESTION, docs, "samkv", complement_mode="psychic")
+
+
+def test_entity_second_stage_picks_the_mention_of_the_bridge_that_the_question_points_at():
+    """Three documents of two 4-token blocks. The question points at document 0's first block,
+    a little at document 1's first block, less at document 2's second; the bridge entity is
+    named in both blocks of document 2. The second stage must take document 2's second block:
+    the one naming the bridge that the question also reads, not the first mention, nor the
+    question's next favourite that names no bridge."""
+    layout = Layout.of(3, [8, 8, 8])
+    question = torch.zeros(24)
+    question[0:4], question[8:12], question[20:24] = 5.0, 1.5, 1.0
+    match = (layout.doc_of == 2).float()
+    zeros = torch.zeros(24)
+    context = PlanContext(
+        layout, 2, lambda layers, summary, window: ProbeScores(question, zeros, zeros, zeros),
+        reprobe=lambda kept, layers: zeros, entity_match=lambda kept, layers: match,
+    )
+    method = make_method("samkv", keep_ratio=8 / 24, complement_mode="entity", complement_weight=0.5,
+                         block_size=4, min_blocks_per_context=0)
+    assert method.plan(context).keep.tolist() == [0, 1, 2, 3, 20, 21, 22, 23]
 
 
 def test_entity_tokens_are_capitalised_words_and_numbers(embedded_tokenizer):
