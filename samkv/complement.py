@@ -6,9 +6,10 @@ by the question, these scores look for what the kept tokens lead to:
 
 - `reprobe`: the question is prefilled over the first stage's compact cache (its deeper layers
   have then read the bridge entity), and its queries score every stored token;
-- `entity`: the pre-RoPE keys of kept capitalised or numeric tokens (names, places, codes) are
+- `entity`: the pre-RoPE keys of names (capitalised words) in the first stage's best blocks are
   matched against the keys of the other contexts' tokens; stored keys carry no position, so the
-  same entity written in two documents has similar keys in the early layers.
+  same name written in two documents has near-identical keys in the early layers. A name found
+  in no other context leads nowhere, and one found in many is no bridge.
 """
 
 from __future__ import annotations
@@ -72,10 +73,11 @@ def reprobe_scores(
 
 
 def entity_tokens(tokens: list[str]) -> torch.Tensor:
-    """Bool [N]: the tokens of capitalised words and of words holding a digit (names, places, codes).
+    """Bool [N]: the tokens of capitalised words (names of people, places, organisations).
 
     A token that does not start with the tokenizer's word marker continues the previous word.
-    A capitalised word that opens a sentence ("The", "He") is not taken for a name.
+    A capitalised word that opens a sentence ("The", "He") is not taken for a name. Numbers are
+    left out: they are the facts a question asks for, not links, and digit tokens recur everywhere.
     """
     marks = []
     inside = False
@@ -83,10 +85,7 @@ def entity_tokens(tokens: list[str]) -> torch.Tensor:
     for token in tokens:
         text = token.lstrip(WORD_MARKERS)
         if token[:1] in WORD_MARKERS or not marks or not text[:1].isalnum():
-            capitalised = bool(text) and text[0].isupper() and not sentence_start
-            inside = capitalised or (bool(text) and text[0].isdigit())
-        elif text[:1].isdigit():
-            inside = True
+            inside = bool(text) and text[0].isupper() and not sentence_start
         marks.append(inside)
         if text:
             sentence_start = text[-1] in SENTENCE_ENDS
@@ -95,24 +94,38 @@ def entity_tokens(tokens: list[str]) -> torch.Tensor:
 
 @torch.inference_mode()
 def entity_match_scores(
-    source: DocumentSource, layout: Layout, kept: torch.Tensor, entities: torch.Tensor, layers: range
+    source: DocumentSource,
+    layout: Layout,
+    kept: torch.Tensor,
+    entities: torch.Tensor,
+    layers: range,
+    threshold: float,
+    max_contexts: int,
 ) -> torch.Tensor:
-    """[N]: for each token, its best key similarity to a kept entity token of another context.
+    """[N]: for each token, its best key similarity to a bridge: a kept entity token of another
+    context that occurs (similarity > `threshold`) in between 1 and `max_contexts` other contexts.
 
     Cosine similarity of pre-RoPE keys (all KV heads concatenated, centred on the context's mean
     key, which otherwise dominates every key), averaged over `layers`; tokens of the entity's own
-    context, and contexts without kept entities, score 0.
+    context score 0, and so does every token when no kept entity is a bridge.
     """
     N = layout.context_len
     anchors = kept[entities[kept]]
     if anchors.numel() == 0:
         return torch.zeros(N)
     other = layout.doc_of[:, None] != layout.doc_of[anchors][None, :]  # [N, A]
-    scores = torch.zeros(N)
+    similarity = torch.zeros(N, anchors.numel())
     for layer in layers:
         keys = torch.cat([part.keys for part in source.read_layer(layer)], dim=1)  # [KVH, N, d]
         flat = keys.transpose(0, 1).reshape(N, -1).float()
         flat = F.normalize(flat - flat.mean(0), dim=-1)
-        similarity = flat @ flat[anchors].T  # [N, A]
-        scores += similarity.masked_fill(~other, 0.0).amax(1).clamp_min(0.0)
-    return scores / max(1, len(layers))
+        similarity += flat @ flat[anchors].T
+    similarity = (similarity / max(1, len(layers))).masked_fill(~other, 0.0).clamp_min(0.0)
+    per_context = torch.zeros(layout.num_docs, anchors.numel()).scatter_reduce(
+        0, layout.doc_of[:, None].expand_as(similarity), similarity, "amax"
+    )
+    found_in = (per_context > threshold).sum(0)
+    bridges = (found_in >= 1) & (found_in <= max_contexts)
+    if not bridges.any():
+        return torch.zeros(N)
+    return similarity[:, bridges].amax(1)

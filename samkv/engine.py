@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from samkv.assembly import DocumentAttention, assemble
+from samkv.assembly import DocumentAttention, Plan, assemble
 from samkv.cache import KVCache, KVMeter
 from samkv.complement import entity_match_scores, entity_tokens, reprobe_scores
 from samkv.decoding import Sampler, TextPieces, stop_token_ids
@@ -334,24 +334,33 @@ class Engine:
 
         return probe
 
-    def _entities(self, context_ids: torch.Tensor) -> torch.Tensor:
-        return entity_tokens(self.tokenizer.convert_ids_to_tokens(context_ids.tolist()))
+    def _bridge_entities(self, request: _Request) -> torch.Tensor:
+        """Entity tokens of the context that the question does not itself name: a bridge is what
+        the kept text adds to the question; the question's own names are the question term's job,
+        and as anchors they match every other person sharing a first or last name."""
+        ids = request.context_ids
+        named = entity_tokens(self.tokenizer.convert_ids_to_tokens(ids.tolist()))
+        return named & ~torch.isin(ids, request.question_ids)
 
-    def _build(self, request: _Request, extra: int) -> _Built:
-        """Runs the method: the decoding cache [P ; kept context] with room for `extra` tokens."""
-        meter = KVMeter()
+    def _plan(self, request: _Request, meter: KVMeter) -> Plan:
         context = PlanContext(
             request.layout, self.ops.shape.num_layers, self._probe(request, meter),
             reprobe=lambda kept, layers: reprobe_scores(
                 self.ops, self.prefix, request.source, request.layout, request.context_ids, kept,
                 request.question_ids, layers, meter,
             ),
-            entity_match=lambda kept, layers: entity_match_scores(
-                request.source, request.layout, kept, self._entities(request.context_ids), layers,
+            entity_match=lambda kept, layers, threshold, max_contexts: entity_match_scores(
+                request.source, request.layout, kept, self._bridge_entities(request), layers,
+                threshold, max_contexts,
             ),
         )
+        return request.method.plan(context)
+
+    def _build(self, request: _Request, extra: int) -> _Built:
+        """Runs the method: the decoding cache [P ; kept context] with room for `extra` tokens."""
+        meter = KVMeter()
         started = time.perf_counter()
-        plan = request.method.plan(context)
+        plan = self._plan(request, meter)
         planned = time.perf_counter()
         cache = self._new_cache(self.prefix_len + int(plan.keep.numel()) + extra, meter)
         recomputed = assemble(
@@ -401,6 +410,13 @@ class Engine:
             pass
         assert stream.stats is not None
         return Generation(stream.text, stream.token_ids, stream.stats, stream.answer_logprob, stream.kept_indices)
+
+    def select(
+        self, question: str, documents: Documents = (), method: str = "samkv", answer_prefix: str = "", **params: Any
+    ) -> torch.Tensor:
+        """Sorted context indices [K] that `method` keeps for `question`, without assembling or decoding."""
+        request = self._request(question, documents, method, params, extra=0, answer_prefix=answer_prefix)
+        return self._plan(request, KVMeter()).keep
 
     @torch.inference_mode()
     def question_logits(self, question: str, documents: Documents = (), method: str = "samkv", **params: Any) -> torch.Tensor:

@@ -61,6 +61,20 @@ def _top_blocks(
     return kept
 
 
+def block_index(layout: Layout, block_size: int) -> torch.Tensor:
+    """[N]: the block of each context token; blocks of `block_size` tokens never cross documents."""
+    within = torch.arange(layout.context_len) - layout.offsets[layout.doc_of]
+    blocks_per_doc = torch.tensor([math.ceil(length / block_size) for length in layout.lengths])
+    first_block = torch.cumsum(blocks_per_doc, 0) - blocks_per_doc
+    return first_block[layout.doc_of] + within // block_size
+
+
+def block_max(scores: torch.Tensor, block_of: torch.Tensor) -> torch.Tensor:
+    """[N]: each token's block's best score."""
+    best = torch.full((int(block_of.max()) + 1,), float("-inf")).scatter_reduce(0, block_of, scores, "amax")
+    return best[block_of]
+
+
 def select_blocks(
     scores: torch.Tensor,
     layout: Layout,
@@ -78,10 +92,9 @@ def select_blocks(
     N = layout.context_len
     if N == 0:
         return torch.empty(0, dtype=torch.long)
-    within = torch.arange(N) - layout.offsets[layout.doc_of]
     blocks_per_doc = torch.tensor([math.ceil(length / block_size) for length in layout.lengths])
     first_block = torch.cumsum(blocks_per_doc, 0) - blocks_per_doc
-    block_of = first_block[layout.doc_of] + within // block_size
+    block_of = block_index(layout, block_size)
     block_score = torch.full((int(blocks_per_doc.sum()),), float("-inf"))
     block_score = block_score.scatter_reduce(0, block_of, scores, "amax")
     forced = [

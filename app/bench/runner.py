@@ -24,7 +24,8 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "complement=False": {"complement": False},
     "recompute=False": {"recompute": False},
     "global_budget=False": {"global_budget": False},
-    "debias=False": {"debias": False},
+    "debias=none": {"debias": "none"},
+    "debias=difference": {"debias": "difference"},
     "block_size=1": {"block_size": 1},
     # The complementary term's formulations (samkv.complement), each at its own λ.
     "complement=summary": {"complement_mode": "summary", "complement_weight": 0.5},

@@ -18,6 +18,8 @@ from samkv.probe import ProbeScores
 ProbeFn = Callable[[range, bool, int], ProbeScores]
 # (first-stage kept context indices, layers to average over) -> second-stage scores [N]
 StageFn = Callable[[torch.Tensor, range], torch.Tensor]
+# (anchor context indices, layers, similarity threshold, most contexts a bridge occurs in) -> [N]
+MatchFn = Callable[[torch.Tensor, range, float, int], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -28,7 +30,7 @@ class PlanContext:
     num_layers: int
     probe: ProbeFn
     reprobe: StageFn  # the question over the first stage's compact cache
-    entity_match: StageFn  # key similarity to the first stage's kept entity tokens
+    entity_match: MatchFn  # key similarity to the bridge entities among the anchors
 
 
 class Method(ABC):

@@ -8,38 +8,47 @@ import torch
 
 from samkv.assembly import Plan
 from samkv.methods.base import Method, PlanContext, check_layer_band, check_ratio, nothing, require
-from samkv.selection import max_pool_within_documents, select_blocks, zscore
+from samkv.selection import block_index, block_max, max_pool_within_documents, select_blocks, zscore
 
 COMPLEMENT_MODES = ("summary", "reprobe", "entity")
+DEBIAS_MODES = ("ratio", "difference", "none")
 
 
 @dataclass(frozen=True)
 class SamKV(Method):
     """Keeps ρ of the context tokens, scored against the question and the other contexts.
 
-    s = z(a): `a` is the question probe's attention (minus the neutral probe's when `debias`).
+    s = z(a): `a` is the question probe's attention q against the neutral probe's n, per `debias`:
+    "ratio" log(q + ε/N) − log(n + ε/N) (ε = `debias_smoothing`), "difference" q − n, "none" q.
     The complementary term (when `complement` and λ = `complement_weight` > 0) has three forms:
-    - "summary": s + λ·z(c), `c` the attention of the other contexts' summary queries;
-    - "reprobe" and "entity": two stages sharing the budget B: the first keeps (1 − λ)·B tokens
-      by s, the second fills B with the blocks that samkv.complement scores highest given them
-      (for "entity", z(match) + s: the entity match alone cannot tell which mention matters).
+    - "entity" (the default): two stages sharing the budget B. The first keeps (1 − λ)·B tokens
+      by s; the names in its `bridge_blocks` best blocks that the question does not name and that
+      occur in at most `bridge_contexts` other contexts are the bridges; the second stage fills B
+      with the blocks scoring highest on max z(match to a bridge) + max s within the block;
+    - "reprobe": the same two stages, the second scored by the question re-probed over the
+      first stage's cache (samkv.complement);
+    - "summary": s + λ·z(c), `c` the attention of the other contexts' summary queries.
     """
 
     name = "samkv"
     sparse = True
     keep_ratio: float = 0.15
     complement: bool = True
-    complement_weight: float = 0.0
-    complement_mode: str = "summary"
+    complement_weight: float = 0.3
+    complement_mode: str = "entity"
     summary_window: int = 8
     recompute: bool = True
-    debias: bool = True
+    debias: str = "ratio"
+    debias_smoothing: float = 0.1
     block_size: int = 16
     pool_width: int = 1
-    min_blocks_per_context: int = 1
+    min_blocks_per_context: int = 0
     global_budget: bool = True
     layers: tuple[int, int] | None = None
     match_layers: tuple[int, int] | None = None  # entity matching; default: the first two layers
+    match_threshold: float = 0.9
+    bridge_blocks: int = 4
+    bridge_contexts: int = 2
 
     def __post_init__(self) -> None:
         check_ratio("keep_ratio", self.keep_ratio)
@@ -49,8 +58,17 @@ class SamKV(Method):
         require(self.complement_mode == "summary" or self.complement_weight < 1,
                 f"complement_weight is the second stage's share of the budget in mode "
                 f"{self.complement_mode!r}; it must be below 1, got {self.complement_weight!r}")
+        require(self.debias in DEBIAS_MODES,
+                f"debias must be one of {', '.join(DEBIAS_MODES)}, got {self.debias!r}")
+        require(isinstance(self.debias_smoothing, (int, float)) and self.debias_smoothing > 0,
+                f"debias_smoothing must be > 0, got {self.debias_smoothing!r}")
         require(isinstance(self.summary_window, int) and 1 <= self.summary_window <= 64,
                 f"summary_window must be an integer in [1, 64], got {self.summary_window!r}")
+        require(0 < self.match_threshold < 1, f"match_threshold must be in (0, 1), got {self.match_threshold!r}")
+        require(isinstance(self.bridge_blocks, int) and self.bridge_blocks >= 1,
+                "bridge_blocks must be a positive integer")
+        require(isinstance(self.bridge_contexts, int) and self.bridge_contexts >= 1,
+                "bridge_contexts must be a positive integer")
         require(isinstance(self.block_size, int) and self.block_size >= 1, "block_size must be a positive integer")
         require(isinstance(self.pool_width, int) and self.pool_width >= 1, "pool_width must be a positive integer")
         require(isinstance(self.min_blocks_per_context, int) and self.min_blocks_per_context >= 0,
@@ -64,28 +82,52 @@ class SamKV(Method):
         band = check_layer_band(self.layers, context.num_layers)
         summary = self.uses_complement and self.complement_mode == "summary"
         probe = context.probe(band, summary, self.summary_window)
-        question = probe.question - probe.neutral if self.debias else probe.question
-        scores = zscore(question)
+        scores = zscore(self._question_term(probe.question, probe.neutral))
         if summary:
             scores = scores + self.complement_weight * zscore(probe.complement)
-        two_stage = self.uses_complement and not summary
+        two_stage = self.uses_complement and not summary and context.layout.context_len > 0
         first_ratio = self.keep_ratio * (1 - self.complement_weight) if two_stage else self.keep_ratio
         keep = self._select(scores, context, first_ratio)
         if two_stage:
             if self.complement_mode == "reprobe":
                 second = zscore(context.reprobe(keep, band))
             else:
-                match_band = (0, min(2, context.num_layers)) if self.match_layers is None else self.match_layers
-                match = context.entity_match(keep, check_layer_band(match_band, context.num_layers))
-                # A bridge entity recurs throughout its document; the question's own score picks,
-                # among the sentences naming it, the one that states what the question asks.
-                second = zscore(match) + scores
+                second = self._bridge_scores(scores, keep, context)
             second[keep] = float("inf")  # the first stage's tokens stay; B is filled around them
             keep = self._select(second, context, self.keep_ratio)
         return Plan(keep=keep, recompute=keep if self.recompute else nothing())
+
+    def _bridge_scores(self, scores: torch.Tensor, first: torch.Tensor, context: PlanContext) -> torch.Tensor:
+        """Second-stage scores of "entity" mode, given the first stage's kept tokens."""
+        block_of = block_index(context.layout, self.block_size)
+        strength = block_max(scores, block_of)
+        # Bridges come from where the question looks hardest: the names in the weaker kept blocks
+        # are mostly other people's, and following them spends the budget on distractors.
+        kept_blocks = torch.unique(block_of[first])
+        block_strength = torch.zeros(int(block_of.max()) + 1).index_copy_(0, block_of, strength)
+        best = kept_blocks[torch.argsort(block_strength[kept_blocks], descending=True)][: self.bridge_blocks]
+        anchors = first[torch.isin(block_of[first], best)]
+        match_band = (0, min(2, context.num_layers)) if self.match_layers is None else self.match_layers
+        match = context.entity_match(
+            anchors, check_layer_band(match_band, context.num_layers), self.match_threshold, self.bridge_contexts,
+        )
+        # Summed per block, not per token: the bridge's name and what the question asks about it
+        # are different tokens of the same sentence. s breaks ties inside the block that overflows B.
+        return block_max(zscore(match), block_of) + strength + 1e-3 * scores
+
+    def _question_term(self, question: torch.Tensor, neutral: torch.Tensor) -> torch.Tensor:
+        if self.debias == "none":
+            return question
+        if self.debias == "difference":
+            return question - neutral
+        # A ratio, not a difference: recency and sinks scale what every query reads, so a
+        # difference still hands the document nearest the question most of the budget.
+        floor = self.debias_smoothing / max(1, question.numel())
+        return torch.log(question + floor) - torch.log(neutral + floor)
 
     def _select(self, scores: torch.Tensor, context: PlanContext, ratio: float) -> torch.Tensor:
         scores = max_pool_within_documents(scores, context.layout, self.pool_width)
         return select_blocks(
             scores, context.layout, ratio, self.block_size, self.min_blocks_per_context, self.global_budget,
         )
+

@@ -61,7 +61,8 @@ def test_engine_keeps_budget_floor_and_whole_prefix(tiny_engine):
     n_tokens = sum(d.length for d in docs)
     for ratio in (0.05, 0.15, 0.4, 1.0):
         for global_budget in (True, False):
-            request, built = _build(engine, docs, keep_ratio=ratio, global_budget=global_budget, block_size=4)
+            request, built = _build(engine, docs, keep_ratio=ratio, global_budget=global_budget, block_size=4,
+                                    min_blocks_per_context=1)
             kept = built.keep
             assert set(torch.bincount(request.layout.doc_of[kept], minlength=len(docs)).tolist()) != {0}
             assert all(int(c) > 0 for c in torch.bincount(request.layout.doc_of[kept], minlength=len(docs)))
@@ -108,13 +109,15 @@ def test_complementary_term_changes_what_the_bridged_document_keeps(embedded_eng
     kept = {}
     for weight in (0.0, 1.0):
         request, built = _build(
-            embedded_engine, docs, question, keep_ratio=0.3, complement_weight=weight, block_size=4
+            embedded_engine, docs, question, keep_ratio=0.3, complement_mode="summary", complement_weight=weight,
+            block_size=4,
         )
         kept[weight] = set(built.keep[request.layout.doc_of[built.keep] == 2].tolist())
     assert kept[0.0] != kept[1.0]
     # complement=False switches the term off whatever its weight.
     request, built = _build(
-        embedded_engine, docs, question, keep_ratio=0.3, complement_weight=1.0, complement=False, block_size=4
+        embedded_engine, docs, question, keep_ratio=0.3, complement_mode="summary", complement_weight=1.0,
+        complement=False, block_size=4,
     )
     assert set(built.keep[request.layout.doc_of[built.keep] == 2].tolist()) == kept[0.0]
 
@@ -165,19 +168,18 @@ def test_entity_second_stage_picks_the_mention_of_the_bridge_that_the_question_p
     zeros = torch.zeros(24)
     context = PlanContext(
         layout, 2, lambda layers, summary, window: ProbeScores(question, zeros, zeros, zeros),
-        reprobe=lambda kept, layers: zeros, entity_match=lambda kept, layers: match,
+        reprobe=lambda kept, layers: zeros, entity_match=lambda kept, layers, threshold, most: match,
     )
     method = make_method("samkv", keep_ratio=8 / 24, complement_mode="entity", complement_weight=0.5,
                          block_size=4, min_blocks_per_context=0)
     assert method.plan(context).keep.tolist() == [0, 1, 2, 3, 20, 21, 22, 23]
 
 
-def test_entity_tokens_are_capitalised_words_and_numbers(embedded_tokenizer):
+def test_entity_tokens_are_capitalised_words_not_numbers(embedded_tokenizer):
     text = "the Oriel bank code is 4471 and it opens daily"
     tokens = embedded_tokenizer.convert_ids_to_tokens(embedded_tokenizer(text)["input_ids"])
     marked = "".join(t for t, m in zip(tokens, entity_tokens(tokens).tolist()) if m).replace("Ġ", " ")
-    assert "Oriel" in marked and "4471" in marked
-    assert marked.replace("Oriel", "").replace("4471", "").strip() == "", marked
+    assert marked.strip() == "Oriel", marked
 
 
 def test_second_stage_reprobe_reaches_the_bridged_document(embedded_engine):
@@ -202,7 +204,7 @@ def test_entity_matching_finds_the_same_name_in_another_document(embedded_engine
     entities = entity_tokens(tokens)
     first = request.layout.doc_of == 0
     kept = (first & entities).nonzero().squeeze(1)
-    scores = entity_match_scores(request.source, request.layout, kept, entities, range(1))
+    scores = entity_match_scores(request.source, request.layout, kept, entities, range(1), 0.9, 2)
     assert torch.all(scores[first] == 0), "a context is never scored by its own entities"
     best = torch.topk(scores, kept.numel()).indices
     assert [tokens[i] for i in sorted(best.tolist())] == [tokens[i] for i in kept.tolist()]
