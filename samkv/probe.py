@@ -80,7 +80,8 @@ def run_probe(
     complement = torch.zeros(N)
     group = ops.shape.num_heads // ops.shape.num_kv_heads
     hidden = ops.embed(ids)
-    for layer in range(ops.shape.num_layers):
+    # Layers past the band cannot change the scores: the probe stops at the band's last layer.
+    for layer in range(max(layers, default=-1) + 1):
         parts = source.read_layer(layer)
         keys, values = align_layer(ops, prefix, parts, layout, layer, extra=tq + tn)
         meter.hold(keys, values)

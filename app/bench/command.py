@@ -66,6 +66,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--samkv-param", action="append", default=[], metavar="NAME=VALUE",
                         help="extra samkv parameter for every samkv row, e.g. complement_weight=0.5")
+    parser.add_argument("--selection-only", action="store_true",
+                        help="select without generating: how often each configuration keeps the answer "
+                             "(and a two-hop question's bridge); for fast parameter sweeps")
     parser.add_argument("--out", type=Path, default=Path("bench-results"))
 
 
@@ -123,6 +126,8 @@ def run(args: argparse.Namespace) -> int:
         {"samkv": {k: _parse_value(v) for k, v in samkv_params.items()}},
     )
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.selection_only:
+        return _run_selection(engine, questions, configs, args)
     records: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="samkv-bench-") as scratch, \
             (args.out / "records.partial.jsonl").open("w") as live:
@@ -160,6 +165,22 @@ def run(args: argparse.Namespace) -> int:
     (args.out / "records.partial.jsonl").unlink()
     print((args.out / "results.md").read_text())
     print("wrote " + ", ".join(str(f) for f in files))
+    return 0
+
+
+def _run_selection(engine, questions, configs, args: argparse.Namespace) -> int:
+    """Selection only: writes selection.md and selection.json under --out."""
+    from app.bench.selection import select_questions, selection_table, summarise_selection
+
+    bar = tqdm(total=len(questions) * len(configs), desc="select", unit="run")
+    records = select_questions(engine, questions, configs, args.answer_prefix, on_step=lambda _: bar.update())
+    bar.close()
+    rows = summarise_selection(records, configs)
+    command = "samkv-rag bench " + " ".join(shlex.quote(a) for a in sys.argv[2:])
+    table = selection_table(rows)
+    (args.out / "selection.md").write_text(f"`{command}`\n\n{table}")
+    (args.out / "selection.json").write_text(json.dumps({"command": command, "rows": rows, "records": records}))
+    print(table)
     return 0
 
 

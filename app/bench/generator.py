@@ -50,6 +50,7 @@ class Question:
     answers: tuple[str, ...]  # the gold answer first, then aliases
     kind: str  # "single" or "two-hop"
     gold_documents: tuple[int, ...] = field(default=())
+    bridge: str = ""  # two-hop: the name that links the question's document to the answer's
 
 
 @dataclass(frozen=True)
@@ -201,15 +202,18 @@ class QAGenerator:
                              f"Where is the place that {person.name} directs located?",
                              f"In what town does {person.name} work as a director?"])
         distractors = self._distractors(docs - 2, doc_tokens, (town,), "town")
-        return self._assemble(question, [first, second], distractors, (town,), "two-hop")
+        return self._assemble(question, [first, second], distractors, (town,), "two-hop", bridge=org)
 
-    def _assemble(self, question: str, gold: list[str], distractors: list[str], answers: tuple[str, ...], kind: str) -> Question:
+    def _assemble(
+        self, question: str, gold: list[str], distractors: list[str], answers: tuple[str, ...], kind: str,
+        bridge: str = "",
+    ) -> Question:
         documents = gold + distractors
         order = list(range(len(documents)))
         self.rng.shuffle(order)
         shuffled = tuple(documents[i] for i in order)
         gold_positions = tuple(sorted(order.index(i) for i in range(len(gold))))
-        return Question(question, shuffled, answers, kind, gold_positions)
+        return Question(question, shuffled, answers, kind, gold_positions, bridge)
 
     def questions(self, count: int, docs: int, doc_tokens: int, two_hop_fraction: float = 0.0) -> list[Question]:
         """`count` questions, the first round(count × two_hop_fraction) of them two-hop, then shuffled."""

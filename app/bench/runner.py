@@ -97,7 +97,7 @@ def run_questions(
         if on_encoded:
             on_encoded(documents, list(item.documents))
         full_text: str | None = None
-        spans = answer_token_spans(_context_pieces(engine, documents), item.answers)
+        spans = answer_token_spans(context_pieces(engine, documents), item.answers)
         for config in configs:
             opened = time.perf_counter()
             source = source_factory(documents) if source_factory else documents
@@ -134,7 +134,7 @@ def run_questions(
     return records
 
 
-def _context_pieces(engine: Engine, documents: list[DocumentKV]) -> list[str]:
+def context_pieces(engine: Engine, documents: list[DocumentKV]) -> list[str]:
     """The context's tokens decoded one by one, in prompt order."""
     return [engine.tokenizer.decode([token]) for document in documents for token in document.token_ids.tolist()]
 

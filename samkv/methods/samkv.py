@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -44,7 +45,8 @@ class SamKV(Method):
     pool_width: int = 1
     min_blocks_per_context: int = 0
     global_budget: bool = True
-    layers: tuple[int, int] | None = None
+    layers: tuple[int, int] | None = None  # the probe's layer band; default: the first `probe_depth` of them
+    probe_depth: float = 0.8
     match_layers: tuple[int, int] | None = None  # entity matching; default: the first two layers
     match_threshold: float = 0.9
     bridge_blocks: int = 4
@@ -64,6 +66,7 @@ class SamKV(Method):
                 f"debias_smoothing must be > 0, got {self.debias_smoothing!r}")
         require(isinstance(self.summary_window, int) and 1 <= self.summary_window <= 64,
                 f"summary_window must be an integer in [1, 64], got {self.summary_window!r}")
+        check_ratio("probe_depth", self.probe_depth)
         require(0 < self.match_threshold < 1, f"match_threshold must be in (0, 1), got {self.match_threshold!r}")
         require(isinstance(self.bridge_blocks, int) and self.bridge_blocks >= 1,
                 "bridge_blocks must be a positive integer")
@@ -79,7 +82,10 @@ class SamKV(Method):
         return self.complement and self.complement_weight > 0
 
     def plan(self, context: PlanContext) -> Plan:
-        band = check_layer_band(self.layers, context.num_layers)
+        # The last layers add little to where the question looks and cost a fifth of the probe
+        # (measured: answer recall equal or better without them).
+        default_band = (0, max(1, math.ceil(self.probe_depth * context.num_layers)))
+        band = check_layer_band(self.layers or default_band, context.num_layers)
         summary = self.uses_complement and self.complement_mode == "summary"
         probe = context.probe(band, summary, self.summary_window)
         scores = zscore(self._question_term(probe.question, probe.neutral))

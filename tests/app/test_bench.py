@@ -19,6 +19,7 @@ from app.bench.metrics import (
 )
 from app.bench.report import write_report
 from app.bench.runner import method_configs, run_questions, summarise
+from app.bench.selection import select_questions, selection_table, summarise_selection
 
 RESULT_FIELDS = {
     "method", "keep_ratio", "exact_match", "f1", "answer_logprob", "agreement_with_full", "ttft_ms_median",
@@ -136,3 +137,25 @@ def test_a_small_run_writes_every_metric_and_plot(tiny_engine, count_tokens, tmp
     assert "samkv[recompute=False]@0.15" in (tmp_path / "results.md").read_text()
     assert {f.name for f in files} >= {"quality_vs_keep_ratio.png", "ttft.png", "kv_bytes.png", "summary.png"}
     assert all(f.stat().st_size > 0 for f in files)
+
+
+def test_selection_only_judges_what_each_configuration_keeps(tiny_engine, count_tokens):
+    engine = tiny_engine("llama")
+    questions = QAGenerator(count_tokens, seed=0).questions(4, 3, 60, two_hop_fraction=0.5)
+    two_hop = next(q for q in questions if q.kind == "two-hop")
+    assert two_hop.bridge and all(two_hop.bridge in two_hop.documents[i] for i in two_hop.gold_documents)
+    configs = method_configs(["full", "samkv"], [0.15], ablations=[])
+    records = select_questions(engine, questions, configs)
+    assert len(records) == len(questions) * len(configs)
+    full = [r for r in records if r["label"] == "full"]
+    assert all(r["answer_kept"] == 1.0 for r in full)
+    assert [r["bridge_kept"] for r in full if r["kind"] == "two-hop"] == [1.0, 1.0]
+    assert all(r["bridge_kept"] is None for r in records if r["kind"] == "single")
+    sparse = [r for r in records if r["label"] == "samkv@0.15"]
+    assert all(r["kept_tokens"] < r["context_tokens"] for r in sparse)
+    rows = summarise_selection(records, configs)
+    assert {(r["label"], r["kind"]) for r in rows} == {
+        (c.label, kind) for c in configs for kind in ("all", "single", "two-hop")
+    }
+    table = selection_table(rows)
+    assert "| full | 4 | all | 100.0 | 100.0 |" in table
