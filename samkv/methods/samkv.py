@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from samkv.assembly import Plan
+from samkv.layout import Layout
 from samkv.methods.base import Method, PlanContext, check_layer_band, check_ratio, nothing, require
 from samkv.selection import block_index, block_max, max_pool_within_documents, select_blocks, zscore
 
@@ -44,6 +45,7 @@ class SamKV(Method):
     block_size: int = 16
     pool_width: int = 1
     min_blocks_per_context: int = 0
+    min_budget_blocks_per_context: int = 1
     global_budget: bool = True
     layers: tuple[int, int] | None = None  # the probe's layer band; default: the first `probe_depth` of them
     probe_depth: float = 0.8
@@ -74,6 +76,8 @@ class SamKV(Method):
                 "bridge_contexts must be a positive integer")
         require(isinstance(self.block_size, int) and self.block_size >= 1, "block_size must be a positive integer")
         require(isinstance(self.pool_width, int) and self.pool_width >= 1, "pool_width must be a positive integer")
+        require(isinstance(self.min_budget_blocks_per_context, int) and self.min_budget_blocks_per_context >= 0,
+                "min_budget_blocks_per_context must be a non-negative integer")
         require(isinstance(self.min_blocks_per_context, int) and self.min_blocks_per_context >= 0,
                 "min_blocks_per_context must be a non-negative integer")
 
@@ -92,7 +96,8 @@ class SamKV(Method):
         if summary:
             scores = scores + self.complement_weight * zscore(probe.complement)
         two_stage = self.uses_complement and not summary and context.layout.context_len > 0
-        first_ratio = self.keep_ratio * (1 - self.complement_weight) if two_stage else self.keep_ratio
+        ratio = self._ratio(context.layout)
+        first_ratio = ratio * (1 - self.complement_weight) if two_stage else ratio
         keep = self._select(scores, context, first_ratio)
         if two_stage:
             if self.complement_mode == "reprobe":
@@ -100,8 +105,17 @@ class SamKV(Method):
             else:
                 second = self._bridge_scores(scores, keep, context)
             second[keep] = float("inf")  # the first stage's tokens stay; B is filled around them
-            keep = self._select(second, context, self.keep_ratio)
+            keep = self._select(second, context, ratio)
         return Plan(keep=keep, recompute=keep if self.recompute else nothing())
+
+    def _ratio(self, layout: Layout) -> float:
+        """ρ, raised so that B holds `min_budget_blocks_per_context` blocks per context: on a few
+        short contexts ρN is less than one sentence, too little to hold an answer. The blocks may
+        go to any context; nothing forces one into each."""
+        if layout.context_len == 0:
+            return self.keep_ratio
+        floor = self.min_budget_blocks_per_context * self.block_size * layout.num_docs / layout.context_len
+        return max(self.keep_ratio, min(1.0, floor))
 
     def _bridge_scores(self, scores: torch.Tensor, first: torch.Tensor, context: PlanContext) -> torch.Tensor:
         """Second-stage scores of "entity" mode, given the first stage's kept tokens."""

@@ -171,7 +171,7 @@ def test_entity_second_stage_picks_the_mention_of_the_bridge_that_the_question_p
         reprobe=lambda kept, layers: zeros, entity_match=lambda kept, layers, threshold, most: match,
     )
     method = make_method("samkv", keep_ratio=8 / 24, complement_mode="entity", complement_weight=0.5,
-                         block_size=4, min_blocks_per_context=0)
+                         block_size=4, min_budget_blocks_per_context=0)
     assert method.plan(context).keep.tolist() == [0, 1, 2, 3, 20, 21, 22, 23]
 
 
@@ -226,3 +226,16 @@ def test_entity_stage_brings_the_sentence_naming_the_bridge_in_the_answers_docum
         kept_text[complement] = embedded_engine.tokenizer.decode(request.context_ids[in_answer_doc].tolist())
     assert "Tolvik" in kept_text[False] and "Marsk" not in kept_text[False]
     assert "Edvin Marsk was born in the port town of Tolvik" in kept_text[True]
+
+
+def test_budget_holds_a_block_per_context_when_the_contexts_are_short():
+    """Two contexts of 20 tokens: ρN = 6 tokens cannot hold a sentence; B is raised to two blocks."""
+    layout = Layout.of(3, [20, 20])
+    question = torch.arange(40, dtype=torch.float32)
+    zeros = torch.zeros(40)
+    context = PlanContext(
+        layout, 2, lambda layers, summary, window: ProbeScores(question, zeros, zeros, zeros),
+        reprobe=lambda kept, layers: zeros, entity_match=lambda kept, layers, threshold, most: zeros,
+    )
+    assert make_method("samkv", keep_ratio=0.15).plan(context).keep.numel() == 32
+    assert make_method("samkv", keep_ratio=0.15, min_budget_blocks_per_context=0).plan(context).keep.numel() == 6
