@@ -31,16 +31,17 @@ def select_questions(
         documents = engine.encode_documents(list(item.documents))
         pieces = context_pieces(engine, documents)
         answer_spans = answer_token_spans(pieces, item.answers)
-        bridge_spans = _bridge_spans(pieces, [d.length for d in documents], item)
+        bridge_spans = _bridge_spans(pieces, [d.length for d in documents], answer_spans, item.bridge)
         for config in configs:
             started = time.perf_counter()
             kept = engine.select(item.question, documents, config.method, answer_prefix=answer_prefix, **config.params)
+            kept_set = set(kept.tolist())
             record = {
                 "question_index": index,
                 "kind": item.kind,
                 "label": config.label,
-                "answer_kept": answer_kept(answer_spans, set(kept.tolist())),
-                "bridge_kept": answer_kept(bridge_spans, set(kept.tolist())) if item.bridge else None,
+                "answer_kept": answer_kept(answer_spans, kept_set),
+                "bridge_kept": answer_kept(bridge_spans, kept_set) if item.bridge else None,
                 "select_ms": (time.perf_counter() - started) * 1000,
                 "kept_tokens": int(kept.numel()),
                 "context_tokens": len(pieces),
@@ -51,14 +52,16 @@ def select_questions(
     return records
 
 
-def _bridge_spans(pieces: list[str], lengths: list[int], item: Question) -> list[list[int]]:
+def _bridge_spans(
+    pieces: list[str], lengths: list[int], answer_spans: list[list[int]], bridge: str
+) -> list[list[int]]:
     """The bridge's occurrences in documents without the answer: the link the question's document
     makes (the answer's own document names the bridge throughout)."""
-    if not item.bridge:
+    if not bridge:
         return []
     document_of = [i for i, length in enumerate(lengths) for _ in range(length)]
-    answer_documents = {document_of[span[0]] for span in answer_token_spans(pieces, item.answers)}
-    return [span for span in answer_token_spans(pieces, (item.bridge,)) if document_of[span[0]] not in answer_documents]
+    answer_documents = {document_of[span[0]] for span in answer_spans}
+    return [span for span in answer_token_spans(pieces, (bridge,)) if document_of[span[0]] not in answer_documents]
 
 
 def summarise_selection(records: list[dict[str, Any]], configs: Sequence[MethodConfig]) -> list[dict[str, Any]]:
