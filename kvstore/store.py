@@ -118,6 +118,11 @@ class TieredStore:
             if close is not None:
                 close()
 
+    def drop_page_cache(self) -> int:
+        """Evict the disk tier's files from the OS page cache (a cold disk tier for the next
+        reads); the number of files advised, 0 without a disk tier."""
+        return sum(tier.drop_page_cache() for tier in self.tiers if isinstance(tier, DiskTier))
+
     def stats(self) -> dict[str, dict[str, float]]:
         """Hits, misses, bytes read, load time per tier, discards, write rejections, encode rate."""
         return self.metrics.stats()

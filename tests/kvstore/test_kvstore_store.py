@@ -373,3 +373,30 @@ def test_a_source_over_disk_closes_its_files_after_each_pass(tmp_path, encoder):
     for layer in range(source.num_layers):
         source.read_layer(layer)
     assert len(os.listdir("/proc/self/fd")) == fds
+
+
+def test_drop_page_cache_advises_every_disk_file_and_reads_still_work(tmp_path, encoder):
+    store = TieredStore(FINGERPRINT, [MemoryTier(64 * 2**20), DiskTier(tmp_path)], encode=encoder)
+    texts = [f"document {i}" for i in range(3)]
+    for text in texts:
+        store.put(text, encoder(text))
+    store.put(texts[0], encoder(texts[0]))  # a rewrite replaces the file: still three
+    assert store.drop_page_cache() == 3
+    store.tiers[0].clear()
+    want = [as_stored(encoder(t)) for t in texts]
+    encoded = len(encoder.calls)
+    source = store.source(texts, backfill=False)
+    assert source.tiers == ["disk"] * 3
+    for layer in range(source.num_layers):
+        got = source.read_layer(layer)
+        for g, w in zip(got, want):
+            assert torch.equal(g.keys, w.layer(layer).keys)
+            assert torch.equal(g.values, w.layer(layer).values)
+    assert len(encoder.calls) == encoded  # served from the files, nothing re-encoded
+
+
+def test_drop_page_cache_without_a_disk_tier_does_nothing(encoder):
+    store = TieredStore(FINGERPRINT, [MemoryTier(64 * 2**20)], encode=encoder)
+    store.put("chunk", encoder("chunk"))
+    assert store.drop_page_cache() == 0
+    assert_same_doc(store.get("chunk"), as_stored(encoder("chunk")))
