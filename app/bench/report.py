@@ -1,4 +1,5 @@
-"""Writing a benchmark run: results.json, a Markdown table, and the plots."""
+"""Writing a benchmark run: results.json, Markdown tables (overall, against `full` with CIs, stage
+times, and split by question kind and variant), and the plots."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import matplotlib.pyplot as plt
 COLUMNS = [
     ("label", "method", "{}"), ("exact_match", "EM", "{:.1f}"), ("contains_match", "contains", "{:.1f}"),
     ("f1", "F1", "{:.1f}"), ("answer_logprob", "logprob", "{:.3f}"), ("agreement_with_full", "agree", "{:.1f}"),
-    ("answer_kept", "answer kept", "{:.1f}"),
+    ("answer_kept", "answer kept", "{:.1f}"), ("hit_limit", "hit limit %", "{:.1f}"),
     ("ttft_ms_median", "TTFT ms p50", "{:.0f}"), ("ttft_ms_p90", "TTFT ms p90", "{:.0f}"),
     ("ttft_share_of_full", "TTFT / full", "{:.2f}"), ("kv_decode_share_of_full", "KV decode / full", "{:.2f}"),
     ("kv_peak_share_of_full", "KV peak / full", "{:.2f}"), ("decode_tokens_per_s", "tok/s", "{:.1f}"),
@@ -40,14 +41,56 @@ def _cell(value: Any, fmt: str) -> str:
     return fmt.format(value)
 
 
-def markdown_table(rows: list[dict[str, Any]], kind: str | None = None) -> str:
+def _part(row: dict[str, Any], group: str | None, value: str | None) -> dict[str, Any] | None:
+    """The row itself, or its split for one value of a group (None when it has none)."""
+    if group is None:
+        return row
+    part = row.get(f"by_{group}", {}).get(value)
+    return None if part is None else {**part, "label": row["label"]}
+
+
+def markdown_table(rows: list[dict[str, Any]], group: str | None = None, value: str | None = None) -> str:
+    """The metrics table, over all questions or over those whose `group` field is `value`."""
     lines = ["| " + " | ".join(title for _, title, _ in COLUMNS) + " |",
              "|" + "|".join("---" for _ in COLUMNS) + "|"]
     for row in rows:
-        data = row if kind is None else {**row.get("by_kind", {}).get(kind, {}), "label": row["label"]}
-        if kind is not None and len(data) == 1:
+        data = _part(row, group, value)
+        if data is not None:
+            lines.append("| " + " | ".join(_cell(data.get(key), fmt) for key, _, fmt in COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+def _interval(comparison: dict[str, Any], metric: str) -> str:
+    low, high = comparison[f"{metric}_diff_ci"]
+    if math.isnan(low):
+        return f"{comparison[f'{metric}_diff']:+.1f}"
+    return f"{comparison[f'{metric}_diff']:+.1f} [{low:+.1f}, {high:+.1f}]"
+
+
+def comparison_table(rows: list[dict[str, Any]], group: str | None = None, value: str | None = None) -> str:
+    """Each configuration against `full` on the same questions: mean differences in points with
+    paired 95% bootstrap CIs, and McNemar's exact test on exact match."""
+    lines = ["| method | questions | ΔEM [95% CI] | ΔF1 [95% CI] | EM better / worse | exact p |",
+             "|---|---|---|---|---|---|"]
+    for row in rows:
+        data = _part(row, group, value)
+        comparison = (data or {}).get("vs_full")
+        if not comparison or not comparison.get("questions"):
             continue
-        lines.append("| " + " | ".join(_cell(data.get(key), fmt) for key, _, fmt in COLUMNS) + " |")
+        test = comparison["exact_match_test"]
+        lines.append(f"| {row['label']} | {comparison['questions']} | {_interval(comparison, 'exact_match')} "
+                     f"| {_interval(comparison, 'f1')} | {test['better']} / {test['worse']} | {test['p_value']:.3g} |")
+    return "\n".join(lines)
+
+
+def stage_table(rows: list[dict[str, Any]]) -> str:
+    """The median of every recorded stage time (ms) per configuration."""
+    keys = sorted({key for row in rows for key in row.get("stage_ms_median", {})})
+    lines = ["| method | " + " | ".join(key.removesuffix("_ms") for key in keys) + " |",
+             "|" + "|".join("---" for _ in range(len(keys) + 1)) + "|"]
+    for row in rows:
+        stages = row.get("stage_ms_median", {})
+        lines.append(f"| {row['label']} | " + " | ".join(_cell(stages.get(key), "{:.0f}") for key in keys) + " |")
     return "\n".join(lines)
 
 
@@ -60,14 +103,20 @@ def write_report(out: Path, rows: list[dict[str, Any]], records: list[dict[str, 
         for record in records:
             handle.write(json.dumps(record) + "\n")
     setup = (
-        f"{meta.get('questions')} questions, {meta.get('docs')} documents each, "
-        f"~{meta.get('doc_tokens')} tokens per document; device {meta.get('device')}, "
-        f"dtype {meta.get('dtype')}, caches loaded from the {meta.get('cache_tier')} tier.\n"
+        f"{meta.get('questions')} questions ({meta.get('split', 'scratch')} split, seed {meta.get('seed')}), "
+        f"{meta.get('docs')} documents each, ~{meta.get('doc_tokens')} tokens per document; model "
+        f"{meta.get('model')}, device {meta.get('device')}, dtype {meta.get('dtype')}, caches loaded from the "
+        f"{meta.get('cache_tier')} tier ({meta.get('cache_state')}); answers cut after their first sentence, "
+        f"at most {meta.get('max_new_tokens')} new tokens.\n"
     )
-    parts = [f"# Benchmark results\n\n```\n{meta.get('command', '')}\n```\n", setup, markdown_table(rows)]
-    kinds = sorted({kind for row in rows for kind in row.get("by_kind", {})})
-    for kind in kinds:
-        parts += [f"\n## {kind} questions\n", markdown_table(rows, kind)]
+    parts = [f"# Benchmark results\n\n```\n{meta.get('command', '')}\n```\n", setup, markdown_table(rows),
+             "\n## Against full (paired, percentage points)\n", comparison_table(rows),
+             "\n## Stage times (ms, median)\n", stage_table(rows)]
+    for group in ("kind", "variant"):
+        values = sorted({value for row in rows for value in row.get(f"by_{group}", {})})
+        for value in values:
+            parts += [f"\n## {group}: {value}\n", markdown_table(rows, group, value), "",
+                      comparison_table(rows, group, value)]
     (out / "results.md").write_text("\n".join(parts) + "\n")
     return [out / "results.json", out / "results.md", *_plots(out, rows)]
 

@@ -39,6 +39,7 @@ def select_questions(
             record = {
                 "question_index": index,
                 "kind": item.kind,
+                "variant": item.variant,
                 "label": config.label,
                 "answer_kept": answer_kept(answer_spans, kept_set),
                 "bridge_kept": answer_kept(bridge_spans, kept_set) if item.bridge else None,
@@ -65,14 +66,17 @@ def _bridge_spans(
 
 
 def summarise_selection(records: list[dict[str, Any]], configs: Sequence[MethodConfig]) -> list[dict[str, Any]]:
-    """One row per (configuration, question kind), and one over all kinds."""
+    """One row per configuration over all questions ("all"), then one per question kind and one
+    per variant that occurs (the row's `group`)."""
     rows = []
     for config in configs:
         mine = [r for r in records if r["label"] == config.label]
-        for kind in ["all", *sorted({r["kind"] for r in mine})]:
-            part = [r for r in mine if kind == "all" or r["kind"] == kind]
+        groups = [("all", mine)]
+        for field in ("kind", "variant"):
+            groups += [(value, [r for r in mine if r[field] == value]) for value in sorted({r[field] for r in mine})]
+        for group, part in groups:
             if part:
-                rows.append({"label": config.label, "kind": kind, "questions": len(part),
+                rows.append({"label": config.label, "group": group, "questions": len(part),
                              "answer_kept": _percent([r["answer_kept"] for r in part]),
                              "bridge_kept": _percent([r["bridge_kept"] for r in part]),
                              "select_ms_median": statistics.median(r["select_ms"] for r in part),
@@ -90,8 +94,8 @@ def selection_table(rows: list[dict[str, Any]]) -> str:
     def cell(value: float | None) -> str:
         return "–" if value is None else f"{value:.1f}"
 
-    lines = ["| configuration | questions | kind | answer kept % | bridge kept % | select ms (p50) | kept tokens |",
+    lines = ["| configuration | questions | kind / variant | answer kept % | bridge kept % | select ms (p50) | kept tokens |",
              "|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['label']} | {r['questions']} | {r['kind']} | {cell(r['answer_kept'])} | {cell(r['bridge_kept'])} "
+    lines += [f"| {r['label']} | {r['questions']} | {r['group']} | {cell(r['answer_kept'])} | {cell(r['bridge_kept'])} "
               f"| {r['select_ms_median']:.0f} | {r['kept_tokens']:.0f} |" for r in rows]
     return "\n".join(lines) + "\n"

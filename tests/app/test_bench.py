@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import itertools
+import argparse
 import json
 
 import pytest
 
+from app.bench.command import add_arguments, run, store_source_factory
 from app.bench.generator import QAGenerator
 from app.bench.longbench import DatasetError, load_longbench
 from app.bench.metrics import (
@@ -18,8 +19,9 @@ from app.bench.metrics import (
     normalize,
 )
 from app.bench.report import write_report
-from app.bench.runner import method_configs, run_questions, summarise
+from app.bench.runner import method_configs, ratio_parameter, run_questions
 from app.bench.selection import select_questions, selection_table, summarise_selection
+from app.bench.summary import summarise
 
 RESULT_FIELDS = {
     "method", "keep_ratio", "exact_match", "f1", "answer_logprob", "agreement_with_full", "ttft_ms_median",
@@ -30,44 +32,6 @@ RESULT_FIELDS = {
 @pytest.fixture(scope="module")
 def count_tokens(embedded_tokenizer):
     return lambda text: len(embedded_tokenizer(text, add_special_tokens=False)["input_ids"])
-
-
-def test_generator_is_deterministic_and_hides_each_answer_in_its_gold_documents(count_tokens):
-    first = QAGenerator(count_tokens, seed=3).questions(12, 5, 120, two_hop_fraction=0.5)
-    second = QAGenerator(count_tokens, seed=3).questions(12, 5, 120, two_hop_fraction=0.5)
-    assert first == second
-    assert first != QAGenerator(count_tokens, seed=4).questions(12, 5, 120, two_hop_fraction=0.5)
-    assert sum(q.kind == "two-hop" for q in first) == 6
-    for item in first:
-        assert len(item.documents) == 5
-        assert all(110 <= count_tokens(doc) <= 160 for doc in item.documents)
-        holders = [i for i, doc in enumerate(item.documents) if item.answers[0] in doc]
-        if item.kind == "single":
-            assert holders == list(item.gold_documents)
-        else:
-            # The answer sits only in the second hop's document, which the question cannot name:
-            # only the other gold document mentions the person the question asks about.
-            assert len(item.gold_documents) == 2 and len(holders) == 1
-            (first_hop,) = set(item.gold_documents) - set(holders)
-            person = next(name for name in _names(item.question) if name in item.documents[first_hop])
-            assert person not in item.documents[holders[0]]
-
-
-def test_distractors_never_state_the_asked_attribute(count_tokens):
-    """Only the gold document says anyone's locker code / sheep count / ...: a lookup, not a guess
-    between near-identical sentences about different people."""
-    date, town, job = ("born", "birth"), ("lives in", "home town", "house in"), ("works as", "profession", "living as")
-    markers = {"locker": ("locker",), "sheep": ("sheep",), "flock": ("sheep",), "rowing": ("rowing club",),
-               "born": date, "birth": date, "town": town, "live": town, "work": job, "job": job, "profession": job}
-    for item in QAGenerator(count_tokens, seed=5).questions(16, 6, 150):
-        marker = next(m for key, m in markers.items() if key in item.question)
-        stating = [i for i, doc in enumerate(item.documents) if any(phrase in doc for phrase in marker)]
-        assert stating == list(item.gold_documents), (item.question, marker)
-
-
-def _names(question: str) -> list[str]:
-    words = question.rstrip("?").split()
-    return [f"{a} {b}" for a, b in itertools.pairwise(words) if a[:1].isupper() and b[:1].isupper()]
 
 
 def test_squad_style_metrics():
@@ -113,30 +77,82 @@ def test_longbench_loader_reads_json_and_jsonl(tmp_path):
         load_longbench(broken)
 
 
+def test_rows_follow_what_each_method_declares():
+    # Sparse methods get one row per keep ratio, cacheblend one per recompute ratio, the rest one row.
+    assert ratio_parameter("samkv") == ratio_parameter("snapkv") == "keep_ratio"
+    assert ratio_parameter("cacheblend") == "recompute_ratio"
+    assert ratio_parameter("full") is ratio_parameter("naive") is ratio_parameter("epic") is None
+    labels = [c.label for c in method_configs(["naive", "samkv", "full", "cacheblend"], [0.15, 0.05], ablations=[])]
+    assert labels == ["full", "naive", "samkv@0.15", "samkv@0.05", "cacheblend@0.15", "cacheblend@0.05"]
+
+
 def test_a_small_run_writes_every_metric_and_plot(tiny_engine, count_tokens, tmp_path):
     engine = tiny_engine("llama")
-    questions = QAGenerator(count_tokens, seed=0).questions(2, 3, 60, two_hop_fraction=0.5)
+    questions = QAGenerator(count_tokens, seed=0).questions(4, 3, 60, two_hop_fraction=0.5, confuser_fraction=0.5)
     configs = method_configs(["full", "naive", "cacheblend", "epic", "snapkv", "samkv"], [0.15, 0.5],
                              ablations=["recompute=False", "global_budget=False"])
     assert configs[0].label == "full"
-    records = run_questions(engine, questions, configs, max_new_tokens=3)
-    assert len(records) == 2 * len(configs)
+    dropped = []
+    records = run_questions(engine, questions, configs, max_new_tokens=3, before_generate=lambda: dropped.append(1))
+    assert len(records) == len(dropped) == 4 * len(configs)
+    for record in records:
+        # Every stage time the engine reports is kept, and opening the source counts towards TTFT.
+        assert {"ttft_ms", "select_ms", "open_ms", "total_ms"} <= set(record)
+        assert record["ttft_ms"] >= record["open_ms"]
+        assert "\n" not in record["answer"]
     rows = summarise(records, configs)
-    files = write_report(tmp_path, rows, records, {"command": "test", "questions": 2})
+    files = write_report(tmp_path, rows, records, {"command": "test", "questions": 4})
     results = json.loads((tmp_path / "results.json").read_text())["results"]
     assert {r["label"] for r in results} == {c.label for c in configs}
     for row in results:
         assert RESULT_FIELDS <= set(row)
         assert set(row["by_kind"]) == {"single", "two-hop"}
+        assert set(row["by_variant"]) == {q.variant for q in questions} == {"plain", "confusers"}
+        assert ("vs_full" in row) == (row["label"] != "full")
     full = next(r for r in results if r["label"] == "full")
     assert full["agreement_with_full"] == 100.0 and full["ttft_share_of_full"] == 1.0
     assert full["answer_kept"] == 100.0  # the generated answers are in the context, and full keeps it all
     sparse = next(r for r in results if r["label"] == "samkv@0.15")
     assert sparse["kv_decode_share_of_full"] < 1.0
-    assert 0.0 <= sparse["answer_kept"] <= 100.0
-    assert "samkv[recompute=False]@0.15" in (tmp_path / "results.md").read_text()
+    assert sparse["vs_full"]["questions"] == 4
+    markdown = (tmp_path / "results.md").read_text()
+    assert "samkv[recompute=False]@0.15" in markdown
+    for heading in ("## Against full", "## Stage times", "## kind: two-hop", "## variant: confusers"):
+        assert heading in markdown
     assert {f.name for f in files} >= {"quality_vs_keep_ratio.png", "ttft.png", "kv_bytes.png", "summary.png"}
     assert all(f.stat().st_size > 0 for f in files)
+
+
+def test_the_bench_command_records_split_seed_and_a_cold_disk_tier(tiny_checkpoint, tmp_path, capsys):
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    out = tmp_path / "run"
+    args = parser.parse_args([
+        "--model", str(tiny_checkpoint("llama")), "--device", "cpu", "--questions", "2", "--docs", "3",
+        "--doc-tokens", "60", "--two-hop-fraction", "0.5", "--indirect-bridge-fraction", "1", "--prose",
+        "--methods", "full,samkv", "--ablations", "", "--max-new-tokens", "4", "--split", "test",
+        "--out", str(out),
+    ])
+    assert args.model == str(tiny_checkpoint("llama"))
+    assert parser.parse_args([]).model == "qwen2.5-coder-0.5b-instruct"
+    assert run(args) == 0
+    meta = json.loads((out / "results.json").read_text())["meta"]
+    assert (meta["split"], meta["seed"], meta["cache_tier"], meta["cache_state"]) == ("test", 1000, "disk", "cold")
+    records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    assert {r["variant"] for r in records} == {"prose", "prose+indirect-short"}
+    assert "## variant: prose+indirect-short" in capsys.readouterr().out
+    assert run(parser.parse_args(["--split", "dev", "--seed", "1000"])) == 2
+    assert run(parser.parse_args(["--cache-tier", "memory", "--cold"])) == 2
+
+
+def test_a_cold_disk_tier_evicts_every_stored_cache(tiny_engine, tmp_path):
+    engine = tiny_engine("llama")
+    texts = ["The vault code is 4471.", "Lake Sorrel freezes in January."]
+    put, source, store = store_source_factory("disk", engine, tmp_path, "redis://127.0.0.1:6379/0")
+    put(engine.encode_documents(texts), texts)
+    assert store.drop_page_cache() == len(texts)
+    assert len(source([]).documents) == len(texts)  # still readable after the eviction
+    store.close()
 
 
 def test_selection_only_judges_what_each_configuration_keeps(tiny_engine, count_tokens):
@@ -154,8 +170,8 @@ def test_selection_only_judges_what_each_configuration_keeps(tiny_engine, count_
     sparse = [r for r in records if r["label"] == "samkv@0.15"]
     assert all(r["kept_tokens"] < r["context_tokens"] for r in sparse)
     rows = summarise_selection(records, configs)
-    assert {(r["label"], r["kind"]) for r in rows} == {
-        (c.label, kind) for c in configs for kind in ("all", "single", "two-hop")
+    assert {(r["label"], r["group"]) for r in rows} == {
+        (c.label, group) for c in configs for group in ("all", "single", "two-hop", "plain")
     }
     table = selection_table(rows)
     assert "| full | 4 | all | 100.0 | 100.0 |" in table
