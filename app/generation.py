@@ -7,6 +7,7 @@ import logging
 import threading
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 from app.errors import Unavailable
@@ -16,8 +17,17 @@ from samkv import GenerationStream
 logger = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class Selection:
+    """Per retrieved document, the indices of its own tokens the method kept and recomputed."""
+
+    kept_per_document: list[list[int]]
+    recomputed_per_document: list[list[int]]
+
+
 class RunningGeneration:
-    """One admitted generation; iterate it (async) for text pieces, read `stats` afterwards.
+    """One admitted generation; iterate it (async) for text pieces, read `stats` and
+    `selection` afterwards.
 
     Stopping the iteration early (a client that went away) cancels the generation after the
     piece being decoded.
@@ -28,6 +38,7 @@ class RunningGeneration:
         self._items: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self.cancelled = threading.Event()
         self.stats: dict[str, Any] | None = None
+        self.selection: Selection | None = None
 
     def push(self, kind: str, value: Any) -> None:
         """Hand one item from the worker thread to the event loop."""
@@ -49,7 +60,7 @@ class RunningGeneration:
                 if kind == "token":
                     yield value
                 elif kind == "done":
-                    self.stats = value
+                    self.stats, self.selection = value
                     return
                 else:
                     raise value
@@ -150,7 +161,8 @@ class GenerationPool:
                 running.push("token", piece)
             assert stream.stats is not None
             self._metrics.observe_generation(stream.stats)
-            final = ("done", stream.stats)
+            selection = Selection(stream.kept_per_document, stream.recomputed_per_document)
+            final = ("done", (stream.stats, selection))
         except Exception as exc:  # noqa: BLE001 - handed to the request, which maps it
             final = ("error", exc)
         finally:

@@ -126,6 +126,12 @@ class QueryIn(GenerationOptions):
     question: str = Field(..., min_length=1)
     max_new_tokens: int | None = Field(None, ge=1, le=2048)
     stream: bool = False
+    include_selection: bool = Field(
+        False,
+        description="Also return, per source, which of its tokens the method kept in the "
+        "decoding cache and which it recomputed, as character spans of the source's `text` "
+        "(`selection` in the answer, or in the `done` event when streaming).",
+    )
 
 
 class Source(BaseModel):
@@ -135,10 +141,38 @@ class Source(BaseModel):
     text: str
 
 
+class CharSpan(BaseModel):
+    """A run of adjacent tokens, as character offsets into a source's `text`."""
+
+    start: int = Field(..., ge=0, description="Offset of the run's first character.")
+    end: int = Field(..., ge=0, description="Offset one past the run's last character.")
+
+
+class SourceSelection(BaseModel):
+    """What the method did with one source's tokens, in the order of `sources`."""
+
+    document_id: str
+    chunk_id: int
+    tokens: int = Field(..., description="The source's tokens in the context.")
+    kept_tokens: int = Field(..., description="Tokens whose KV entries the answer was decoded with.")
+    recomputed_tokens: int = Field(
+        ..., description="Tokens whose KV entries were recomputed over the assembled context "
+        "rather than reused as stored."
+    )
+    kept_share: float = Field(..., ge=0.0, le=1.0, description="`kept_tokens / tokens`.")
+    kept: list[CharSpan] = Field(..., description="Kept tokens, adjacent ones merged into runs.")
+    recomputed: list[CharSpan] = Field(
+        ..., description="Recomputed tokens, adjacent ones merged into runs."
+    )
+
+
 class QueryOut(BaseModel):
     answer: str
     sources: list[Source]
     stats: dict[str, Any]
+    selection: list[SourceSelection] | None = Field(
+        None, description="With `include_selection`: one entry per source, in the same order."
+    )
 
 
 # --- chat completions (OpenAI-compatible) ---------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
@@ -11,7 +12,9 @@ from fastapi.responses import StreamingResponse
 from app.dependencies import ServicesDep
 from app.errors import to_api_error
 from app.generation import RunningGeneration
-from app.schemas import ErrorResponse, QueryIn, QueryOut, Source
+from app.schemas import ErrorResponse, QueryIn, QueryOut, Source, SourceSelection
+from app.selection import source_selections
+from app.services import Services
 from app.sse import SSE_HEADERS, sse_event
 from retrieval import SearchHit
 
@@ -35,7 +38,8 @@ def sources_of(hits: list[SearchHit]) -> list[Source]:
         200: {
             "content": {"text/event-stream": {}},
             "description": "The answer; with `stream: true`, server-sent events `sources`, "
-            "`token` (`{\"text\"}`), `done` (`{\"stats\", \"answer\"}`) or `error`.",
+            "`token` (`{\"text\"}`), `done` (`{\"stats\", \"answer\"}`, and `\"selection\"` "
+            "(a list of `SourceSelection`) with `include_selection`) or `error`.",
         },
         **{code: {"model": ErrorResponse} for code in (401, 403, 422, 503)},
     },
@@ -53,16 +57,29 @@ async def query(body: QueryIn, services: ServicesDep):
     sources = sources_of(hits)
     if not body.stream:
         answer = "".join([piece async for piece in running])
-        return QueryOut(answer=answer, sources=sources, stats=running.stats or {})
+        selection = _selection(services, running, sources) if body.include_selection else None
+        return QueryOut(answer=answer, sources=sources, stats=running.stats or {}, selection=selection)
     return StreamingResponse(
-        _events(running, sources, services.settings.retry_after_s),
+        _events(services, running, sources, body.include_selection),
         media_type="text/event-stream",
         headers=SSE_HEADERS,
     )
 
 
+def _selection(
+    services: Services, running: RunningGeneration, sources: list[Source]
+) -> list[SourceSelection]:
+    assert running.selection is not None, "read once the generation is done"
+    return source_selections(
+        sources,
+        running.selection.kept_per_document,
+        running.selection.recomputed_per_document,
+        services.engine.document_token_spans,
+    )
+
+
 async def _events(
-    running: RunningGeneration, sources: list[Source], retry_after_s: int
+    services: Services, running: RunningGeneration, sources: list[Source], include_selection: bool
 ) -> AsyncIterator[str]:
     yield sse_event("sources", {"sources": [s.model_dump() for s in sources]})
     answer = []
@@ -71,6 +88,9 @@ async def _events(
             answer.append(piece)
             yield sse_event("token", {"text": piece})
     except Exception as exc:  # noqa: BLE001 - headers are sent: the error becomes an event
-        yield sse_event("error", to_api_error(exc, retry_after_s).body())
+        yield sse_event("error", to_api_error(exc, services.settings.retry_after_s).body())
         return
-    yield sse_event("done", {"stats": running.stats, "answer": "".join(answer)})
+    done: dict[str, Any] = {"stats": running.stats, "answer": "".join(answer)}
+    if include_selection:
+        done["selection"] = [s.model_dump() for s in _selection(services, running, sources)]
+    yield sse_event("done", done)

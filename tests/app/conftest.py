@@ -6,6 +6,8 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import httpx
 import pytest
@@ -54,15 +56,15 @@ def app_settings(tmp_path_factory, redis_prefix):
     )
 
 
-@pytest.fixture(scope="session")
-def live_server(app_settings, embedded_engine):
+@contextmanager
+def serving(settings, engine) -> Iterator[str]:
     """The app on a real uvicorn server on a free port, ready (models loaded); yields its URL."""
     import uvicorn
 
     from app.main import create_app
 
     port = _free_port()
-    app = create_app(app_settings, engine=embedded_engine)
+    app = create_app(settings, engine=engine)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, name="test-uvicorn", daemon=True)
     thread.start()
@@ -86,6 +88,37 @@ def live_server(app_settings, embedded_engine):
     finally:
         server.should_exit = True
         thread.join(timeout=60)
+
+
+@contextmanager
+def chat_page(url: str):
+    """The chat page at `url` in headless Chromium, the API key entered; yields the page."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path="/usr/bin/chromium",
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update"],
+        )
+        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        page = context.new_page()
+        page.set_default_timeout(300_000)
+        page.goto(url + "/")
+        page.fill("#api-key", API_KEY)
+        page.dispatch_event("#api-key", "change")
+        try:
+            yield page
+        finally:
+            context.close()
+            browser.close()
+
+
+@pytest.fixture(scope="session")
+def live_server(app_settings, embedded_engine):
+    """The app served with the embedded test engine; yields its URL."""
+    with serving(app_settings, embedded_engine) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

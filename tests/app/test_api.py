@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 
@@ -156,3 +157,37 @@ def test_health_readiness_docs_and_metrics(client, fact_documents):
     assert "generation_time_to_first_token_seconds_count" in text
     assert 'generation_kept_tokens_total{method="samkv"}' in text
     assert 'kvstore_hits_total{tier=' in text
+
+
+def test_selection_gives_the_kept_spans_per_source(client, fact_documents):
+    body = {"question": QUESTION, "top_k": 2, "keep_ratio": 0.3, "max_new_tokens": 4,
+            "include_selection": True}
+    answer = client.post("/v1/query", json=body).json()
+    selection = answer["selection"]
+    assert [(s["document_id"], s["chunk_id"]) for s in selection] == [
+        (s["document_id"], s["chunk_id"]) for s in answer["sources"]]
+    kept_total = sum(s["kept_tokens"] for s in selection)
+    assert kept_total == answer["stats"]["kept_tokens"] < answer["stats"]["context_tokens"]
+    for source, chosen in zip(answer["sources"], selection, strict=True):
+        spans = [(span["start"], span["end"]) for span in chosen["kept"]]
+        assert all(0 <= start < end <= len(source["text"]) for start, end in spans)
+        assert all(end < start for (_, end), (start, _) in itertools.pairwise(spans))  # merged runs
+    fact = selection[0]
+    assert answer["sources"][0]["text"] == FACT_DOCUMENT
+    assert fact["kept"] and fact["kept_share"] == pytest.approx(fact["kept_tokens"] / fact["tokens"])
+
+    with client.stream("POST", "/v1/query", json=body | {"stream": True}) as response:
+        events = parse_sse(response.iter_lines())
+    assert json.loads(events[-1][1])["selection"] == selection
+    plain = client.post("/v1/query", json=body | {"include_selection": False}).json()
+    assert plain["selection"] is None
+
+
+def test_openapi_documents_the_selection(client):
+    schemas = client.get("/openapi.json").json()["components"]["schemas"]
+    assert "include_selection" in schemas["QueryIn"]["properties"]
+    assert schemas["QueryIn"]["properties"]["include_selection"]["description"]
+    fields = schemas["SourceSelection"]["properties"]
+    assert {"kept", "recomputed", "kept_share", "tokens"} <= set(fields)
+    assert all(fields[name].get("description") for name in ("kept", "recomputed", "kept_share"))
+    assert schemas["CharSpan"]["properties"]["start"]["description"]

@@ -1,34 +1,36 @@
-"""The chat page in headless Chromium: ask and watch the stream, sources, upload, escaping."""
+"""The chat page in headless Chromium: ask and watch the stream, sources, what was kept, compare,
+upload, escaping, keyboard use."""
 
 from __future__ import annotations
 
-import pytest
-from playwright.sync_api import expect, sync_playwright
+import re
 
-from tests.app.conftest import API_KEY
+import pytest
+from playwright.sync_api import expect
+
+from tests.app.conftest import chat_page
 
 pytestmark = pytest.mark.slow
 
+QUESTION = "What is the vault code at the Oriel bank?"
 SCRIPT_TEXT = "The Pellow beacon code is 3308. <script>window.__injected = true;</script> <b>bold</b>"
 
 
 @pytest.fixture(scope="module")
 def page(live_server):
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path="/usr/bin/chromium",
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update"],
-        )
-        context = browser.new_context()
-        page = context.new_page()
-        page.set_default_timeout(300_000)
-        page.goto(live_server + "/")
-        page.fill("#api-key", API_KEY)
-        page.dispatch_event("#api-key", "change")
+    with chat_page(live_server) as page:
         yield page
-        context.close()
-        browser.close()
+
+
+def _ask(page, question: str, method: str, keep_ratio: str = "0.15", top_k: str = "2"):
+    page.select_option("#method", method)
+    page.fill("#keep-ratio", keep_ratio)
+    page.fill("#top-k", top_k)
+    page.fill("#question", question)
+    page.press("#question", "Enter")  # Enter asks
+    turn = page.locator(".turn").last
+    expect(turn.locator(".stats")).to_contain_text("method " + method, timeout=300_000)
+    return turn
 
 
 def test_question_streams_with_sources_and_stats(page, fact_documents):
@@ -37,36 +39,110 @@ def test_question_streams_with_sources_and_stats(page, fact_documents):
         new MutationObserver(() => window.__tokenUpdates++).observe(
             document.getElementById('conversation'), {subtree: true, characterData: true, childList: true});
     }""")
-    page.select_option("#method", "full")
-    page.fill("#question", "What is the vault code at the Oriel bank?")
-    page.click("#ask")
-    turn = page.locator(".turn").last
-    expect(turn.locator(".stats")).to_contain_text("method full", timeout=300_000)
+    turn = _ask(page, QUESTION, "full")
     expect(turn.locator(".answer")).to_contain_text("4471")
     assert page.evaluate("window.__tokenUpdates") > 3  # the answer grew piece by piece
     expect(turn.locator("details.source").first).to_contain_text("oriel-bank")
     turn.locator("details.source summary").first.click()
     expect(turn.locator("details.source pre").first).to_contain_text("4471")
     expect(turn.locator(".stats")).to_contain_text("time to first token")
+    expect(turn.locator(".stats")).to_contain_text("KV cache")
     page.reload()  # the conversation survives in sessionStorage
     expect(page.locator(".turn .answer").last).to_contain_text("4471")
 
 
-def test_upload_shows_progress_and_script_stays_text(page, client, tmp_path):
+def test_kept_token_view_highlights_the_api_spans(page, client, fact_documents):
+    turn = _ask(page, QUESTION, "samkv", keep_ratio="0.3")
+    source = turn.locator("details.source").first
+    expect(source).to_contain_text("oriel-bank")
+    source.locator("summary").click()
+    toggle = source.locator("button.show-kept")
+    toggle.click()
+    expect(toggle).to_have_attribute("aria-pressed", "true")
+    marks = source.locator("pre mark.kept").evaluate_all(
+        "marks => marks.map(m => [Number(m.dataset.start), Number(m.dataset.end), m.textContent])")
+
+    body = {"question": QUESTION, "method": "samkv", "keep_ratio": 0.3, "top_k": 2,
+            "include_selection": True}
+    answer = client.post("/v1/query", json=body).json()
+    text = answer["sources"][0]["text"]
+    selection = answer["selection"][0]
+    assert answer["sources"][0]["document_id"] == "oriel-bank"
+    assert marks, "no kept span is highlighted"
+    assert [(start, end) for start, end, _ in marks] == [(s["start"], s["end"]) for s in selection["kept"]]
+    for start, end, shown in marks:
+        assert shown == text[start:end]
+    assert source.locator("pre").text_content() == text  # highlighting adds no text
+    recomputed = source.locator("pre mark.recomputed").all_text_contents()
+    assert "".join(recomputed) == "".join(text[s["start"] : s["end"]] for s in selection["recomputed"])
+    bar = source.locator(".kept-bar")
+    expect(bar).to_have_attribute(
+        "aria-label", re.compile(rf"^kept {selection['kept_tokens']} of {selection['tokens']} tokens"))
+    assert 0 < selection["kept_share"] < 1
+    toggle.click()
+    assert source.locator("pre mark").count() == 0
+
+
+def test_compare_shows_both_answers_with_their_figures(page, fact_documents):
+    page.select_option("#method", "samkv")
+    page.fill("#keep-ratio", "0.15")
+    expect(page.locator("#compare")).to_have_text("Compare samkv with full")
+    page.fill("#question", QUESTION)
+    page.click("#compare")
+    turn = page.locator(".turn.comparison").last
+    figures = {}
+    for method in ("full", "samkv"):
+        run = turn.locator(f'.run[data-method="{method}"]')
+        expect(run.locator(".figure-ttft")).to_have_text(re.compile(r"^\d+ ms$"), timeout=300_000)
+        expect(run.locator(".figure-kv")).to_have_text(re.compile(r"^[\d.]+ (B|KiB|MiB)$"))
+        expect(run.locator(".answer")).not_to_be_empty()
+        kept, total = (int(n) for n in run.locator(".figure-kept").text_content().split(" / "))
+        figures[method] = kept, total
+    assert figures["full"][0] == figures["full"][1]
+    assert figures["samkv"][0] < figures["samkv"][1]
+    expect(turn.locator("details.source .kept-share").first).to_contain_text("kept by samkv")
+
+
+def test_upload_shows_progress_and_script_stays_text(page, tmp_path):
     path = tmp_path / "beacon.txt"
     path.write_text(SCRIPT_TEXT)
     page.set_input_files("#files", str(path))
     page.click("#upload")
     job = page.locator("#jobs li").first
     expect(job).to_have_attribute("data-status", "done", timeout=300_000)
+    expect(job).to_contain_text("done")
     expect(page.locator("#documents")).to_contain_text("beacon.txt")
 
-    page.select_option("#method", "naive")
-    page.fill("#question", "What is the Pellow beacon code?")
-    page.click("#ask")
-    turn = page.locator(".turn").last
-    expect(turn.locator(".stats")).to_contain_text("method naive", timeout=300_000)
+    turn = _ask(page, "What is the Pellow beacon code?", "naive", top_k="1")
     source = turn.locator("details.source pre").first
     expect(source).to_contain_text("<script>window.__injected = true;</script>")
     assert page.evaluate("window.__injected") is None
     assert turn.locator("details.source b").count() == 0
+
+
+def test_bad_uploads_show_their_errors(page, tmp_path):
+    program = tmp_path / "tool.exe"
+    program.write_bytes(b"MZ\x90\x00")
+    blank = tmp_path / "blank.txt"
+    blank.write_text("  \n\t\n")
+    page.set_input_files("#files", [str(program), str(blank)])
+    page.click("#upload")
+    rows = page.locator("#jobs li")
+    for name, message in (("tool.exe", "accepted file types"), ("blank.txt", "holds no text")):
+        row = rows.filter(has_text=name)
+        expect(row).to_have_attribute("data-status", "failed")
+        expect(row.locator(".job-status")).to_contain_text(message)
+
+
+def test_controls_are_labelled_and_focus_is_visible(page, fact_documents):
+    page.click("#refresh-documents")
+    expect(page.locator("#examples .example")).to_have_text([QUESTION])  # its document is stored
+    for label in ("Question", "API key", "Method", "Keep ratio", "Top k", "Files to upload"):
+        expect(page.get_by_label(label, exact=False).first).to_be_visible()
+    page.locator("#question").focus()
+    page.keyboard.press("Tab")
+    focused = page.evaluate("""() => {
+        const style = getComputedStyle(document.activeElement);
+        return [document.activeElement.tagName, style.outlineStyle, style.outlineWidth];
+    }""")
+    assert focused[1] == "solid" and focused[2] != "0px", focused
