@@ -12,12 +12,10 @@ stores agree again without anyone re-submitting anything.
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
-from kvstore import DiskTier, PrecomputeJob, Precomputer, StoreKey, TieredStore
+from kvstore import DiskTier, PrecomputeJob, Precomputer, TieredStore
 from retrieval import DocumentNotFound, RetrievalService
 
 logger = logging.getLogger(__name__)
@@ -25,8 +23,6 @@ logger = logging.getLogger(__name__)
 # A temporary KV file older than this belongs to a write that a crash interrupted; a younger
 # one may be another replica's write in progress on a shared volume.
 STALE_TEMP_FILE_S = 3600.0
-_KV_SUFFIX = ".safetensors"
-_TEMP_SUFFIX = ".tmp"
 
 
 @dataclass(frozen=True)
@@ -58,7 +54,7 @@ def check_consistency(
     an orphan (its chunks are in the store before its cache is written).
     """
     disk = store.durable_tier if isinstance(store.durable_tier, DiskTier) else None
-    stored_keys = _durable_keys(disk.root, store.key("").fingerprint_hash) if disk else set()
+    stored_keys = disk.stored_keys(store.fingerprint_hash) if disk else set()
     texts: dict[str, str] = {}
     for document in retrieval.list_documents():
         try:
@@ -72,7 +68,7 @@ def check_consistency(
     orphans = [key for key in stored_keys if key.content_hash not in texts]
     for key in orphans:
         store.delete(key)
-    stale = _remove_stale_temp_files(disk.root) if disk else 0
+    stale = disk.remove_interrupted_writes(STALE_TEMP_FILE_S) if disk else 0
     job = precomputer.submit(missing, job_id="startup-repair", timeout=None) if missing else None
 
     report = ConsistencyReport(len(texts), len(missing), len(orphans), stale)
@@ -85,29 +81,3 @@ def check_consistency(
     else:
         logger.info("start-up check: the KV caches of all %d chunks are in place", len(texts))
     return report, job
-
-
-def _durable_keys(root: Path, fingerprint_hash: str) -> set[StoreKey]:
-    """Keys of this model's cache files under the disk tier's root."""
-    keys = set()
-    for path in root.glob(f"*/*/*{_KV_SUFFIX}"):
-        try:
-            key = StoreKey.parse(path.name.removesuffix(_KV_SUFFIX))
-        except ValueError:  # not a cache file of ours: leave it alone
-            continue
-        if key.fingerprint_hash == fingerprint_hash:
-            keys.add(key)
-    return keys
-
-
-def _remove_stale_temp_files(root: Path) -> int:
-    removed = 0
-    deadline = time.time() - STALE_TEMP_FILE_S
-    for path in root.glob(f"*/*/*{_TEMP_SUFFIX}"):
-        try:
-            if path.stat().st_mtime < deadline:
-                path.unlink()
-                removed += 1
-        except FileNotFoundError:  # its writer finished or removed it meanwhile
-            continue
-    return removed

@@ -1,4 +1,5 @@
-"""Durable tier: one safetensors file per chunk under `data_dir/kv/<2 hex>/<2 hex>/<key>.safetensors`."""
+"""Durable tier: one safetensors file per chunk under `data_dir/kv/<2 hex>/<2 hex>/<key>.safetensors`
+(the blob of `kvstore/disk_layout.py`)."""
 
 from __future__ import annotations
 
@@ -6,25 +7,21 @@ import contextlib
 import errno
 import os
 import tempfile
+import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from kvstore.blob import BlobIndex
+from kvstore.disk_layout import read_blob, read_blob_layer, to_blob
 from kvstore.errors import CorruptEntry, StoreWriteError, TierUnavailable
 from kvstore.keys import StoreKey
-from kvstore.serialization import (
-    Header,
-    StoredDocument,
-    read_blob,
-    read_blob_header,
-    read_blob_layer,
-    read_token_ids,
-    to_blob,
-)
+from kvstore.stored_format import Header, StoredDocument
+from kvstore.stored_reads import read_header, read_token_ids
+from kvstore.tier import Tier
 
 _SUFFIX = ".safetensors"
 _TEMP_SUFFIX = ".tmp"
@@ -32,7 +29,7 @@ _TEMP_SUFFIX = ".tmp"
 _IOV_MAX = os.sysconf("SC_IOV_MAX")
 
 
-class DiskTier:
+class DiskTier(Tier):
     """Files written atomically (temp file in the same folder, fsync, rename), read lazily per layer.
 
     A reader sees either the previous complete file or the new complete file, never a partial one:
@@ -106,7 +103,7 @@ class DiskTier:
         with self._open(key) as f:
             if f is None:
                 return None
-            header, index = self._read_file_header(f, key)
+            header, index = _read_file_header(f, key)
             return header, read_token_ids(f, index, header)
 
     def read_layer(
@@ -115,7 +112,7 @@ class DiskTier:
         with self._open(key) as f:
             if f is None:
                 return None
-            header, index = self._read_file_header(f, key)
+            header, index = _read_file_header(f, key)
             return header, read_blob_layer(f, index, header, layer)
 
     def drop_page_cache(self) -> int:
@@ -126,7 +123,7 @@ class DiskTier:
         are skipped.
         """
         dropped = 0
-        for path in self.root.glob(f"*/*/*{_SUFFIX}"):
+        for path in self._files(_SUFFIX):
             try:
                 fd = os.open(path, os.O_RDONLY)
             except FileNotFoundError:
@@ -138,41 +135,74 @@ class DiskTier:
             dropped += 1
         return dropped
 
+    def stored_keys(self, fingerprint_hash: str) -> set[StoreKey]:
+        """Keys of the files that hold copies made by the model of `fingerprint_hash`; files in
+        the folder that are not copies of ours are left out (and alone)."""
+        keys = set()
+        for path in self._files(_SUFFIX):
+            try:
+                key = StoreKey.parse(path.name.removesuffix(_SUFFIX))
+            except ValueError:
+                continue
+            if key.fingerprint_hash == fingerprint_hash:
+                keys.add(key)
+        return keys
+
+    def remove_interrupted_writes(self, older_than_s: float) -> int:
+        """Delete the temporary files of writes that started over `older_than_s` seconds ago,
+        which a crash must have interrupted; the number deleted. A younger one may be a write
+        in progress (another process's, on a shared volume), so it stays."""
+        removed = 0
+        deadline = time.time() - older_than_s
+        for path in self._files(_TEMP_SUFFIX):
+            try:
+                if path.stat().st_mtime < deadline:
+                    path.unlink()
+                    removed += 1
+            except FileNotFoundError:  # its writer finished or removed it meanwhile
+                continue
+        return removed
+
     def open_reader(self, key: StoreKey) -> DiskReader | None:
-        f = self._open_file(key)
+        path = self.path(key)
+        f = _open_file(path)
         if f is None:
             return None
         try:
-            header, index = self._read_file_header(f, key)
+            header, index = _read_file_header(f, key)
             token_ids = read_token_ids(f, index, header)
         except BaseException:
             f.close()
             raise
-        return DiskReader(self, key, f, index, header, token_ids)
+        return DiskReader(path, key, f, index, header, token_ids)
+
+    def _files(self, suffix: str) -> Iterator[Path]:
+        return self.root.glob(f"*/*/*{suffix}")
 
     @contextlib.contextmanager
     def _open(self, key: StoreKey):
-        f = self._open_file(key)
+        f = _open_file(self.path(key))
         try:
             yield f
         finally:
             if f is not None:
                 f.close()
 
-    def _open_file(self, key: StoreKey) -> _File | None:
-        path = self.path(key)
-        try:
-            return _File(path)
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            raise TierUnavailable(f"cannot read {path}: {exc}") from exc
 
-    @staticmethod
-    def _read_file_header(f: _File, key: StoreKey) -> tuple[Header, BlobIndex]:
-        header, index = read_blob_header(f)
-        header.check_fingerprint(key.fingerprint_hash)
-        return header, index
+def _open_file(path: Path) -> _File | None:
+    """The file at `path` opened for reading, None when there is none."""
+    try:
+        return _File(path)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise TierUnavailable(f"cannot read {path}: {exc}") from exc
+
+
+def _read_file_header(f: _File, key: StoreKey) -> tuple[Header, BlobIndex]:
+    header, index = read_header(f)
+    header.check_fingerprint(key.fingerprint_hash)
+    return header, index
 
 
 class _File:
@@ -226,14 +256,14 @@ class DiskReader:
 
     def __init__(
         self,
-        tier: DiskTier,
+        path: Path,
         key: StoreKey,
         f: _File,
         index: BlobIndex,
         header: Header,
         token_ids: torch.Tensor,
     ) -> None:
-        self._tier = tier
+        self._path = path
         self._key = key
         self._file: _File | None = f
         self._index = index
@@ -242,11 +272,11 @@ class DiskReader:
 
     def read_layer(self, layer: int) -> tuple[Header, dict[str, torch.Tensor]] | None:
         if self._file is None:
-            f = self._tier._open_file(self._key)
+            f = _open_file(self._path)
             if f is None:
                 return None
             try:
-                self.header, self._index = self._tier._read_file_header(f, self._key)
+                self.header, self._index = _read_file_header(f, self._key)
             except BaseException:
                 f.close()
                 raise

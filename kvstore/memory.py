@@ -8,10 +8,11 @@ from collections import OrderedDict
 import torch
 
 from kvstore.keys import StoreKey
-from kvstore.serialization import Header, StoredDocument
+from kvstore.stored_format import Header, StoredDocument
+from kvstore.tier import Tier
 
 
-class MemoryTier:
+class MemoryTier(Tier):
     """Least-recently-used stored documents, at most `capacity_bytes` of tensors; thread-safe.
 
     Entries are trusted process memory, so reads skip the checksum (that would cap this tier

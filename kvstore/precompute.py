@@ -38,44 +38,31 @@ class JobProgress:
         return self.status in ("done", "failed")
 
 
-class PrecomputeJob:
-    """The handle of one submitted batch of chunks; poll `progress()` or block in `wait()`.
+class _JobState:
+    """The mutable progress of one job: written by the worker, read through its `PrecomputeJob`."""
 
-    A chunk counts as done only once its cache is in the durable tier. The job ends `failed`
-    when any chunk failed (see `errors`), `done` otherwise.
-    """
-
-    def __init__(self, job_id: str, texts: Sequence[str], keys: list[StoreKey]) -> None:
-        self.id = job_id
-        self.texts = list(texts)
-        self.keys = keys
+    def __init__(self, job_id: str, total: int) -> None:
+        self.job_id = job_id
+        self.total = total
         self._status: JobStatus = "queued"
         self._done = 0
         self._failed = 0
         self._errors: list[str] = []
         self._lock = threading.Lock()
-        self._finished = threading.Event()
+        self.finished = threading.Event()
 
-    @property
-    def total(self) -> int:
-        return len(self.texts)
-
-    def progress(self) -> JobProgress:
+    def snapshot(self) -> JobProgress:
         with self._lock:
             return JobProgress(
-                self.id, self._status, self.total, self._done, self._failed, tuple(self._errors)
+                self.job_id, self._status, self.total, self._done, self._failed, tuple(self._errors)
             )
 
-    def wait(self, timeout: float | None = None) -> JobProgress:
-        """Block until the job finished or `timeout` passed; the progress either way."""
-        self._finished.wait(timeout)
-        return self.progress()
-
-    def _start(self) -> None:
+    def start(self) -> None:
         with self._lock:
             self._status = "running"
 
-    def _record(self, count: int, error: str | None = None) -> None:
+    def record(self, count: int, error: str | None = None) -> None:
+        """`count` chunks finished: done, or failed with `error`."""
         with self._lock:
             if error is None:
                 self._done += count
@@ -83,10 +70,37 @@ class PrecomputeJob:
                 self._failed += count
                 self._errors.append(error)
 
-    def _finish(self) -> None:
+    def finish(self) -> None:
         with self._lock:
             self._status = "failed" if self._failed else "done"
-        self._finished.set()
+        self.finished.set()
+
+
+class PrecomputeJob:
+    """The handle of one submitted batch of chunks; poll `progress()` or block in `wait()`.
+
+    A chunk counts as done only once its cache is in the durable tier. The job ends `failed`
+    when any chunk failed (see `errors`), `done` otherwise.
+    """
+
+    def __init__(self, state: _JobState, texts: Sequence[str], keys: list[StoreKey]) -> None:
+        self.id = state.job_id
+        self.texts = list(texts)
+        self.keys = keys
+        self._state = state
+
+    @property
+    def total(self) -> int:
+        return len(self.texts)
+
+    def progress(self) -> JobProgress:
+        """A snapshot of the job's progress."""
+        return self._state.snapshot()
+
+    def wait(self, timeout: float | None = None) -> JobProgress:
+        """Block until the job finished or `timeout` passed; the progress either way."""
+        self._state.finished.wait(timeout)
+        return self.progress()
 
 
 _STOP = object()
@@ -127,9 +141,10 @@ class Precomputer:
         """Queue chunk texts for encoding; `QueueFull` if no room within `timeout` seconds (None: wait)."""
         if self._closed:
             raise RuntimeError("the precomputer is closed")
-        job = PrecomputeJob(job_id or uuid.uuid4().hex, texts, [self.store.key(t) for t in texts])
+        state = _JobState(job_id or uuid.uuid4().hex, len(texts))
+        job = PrecomputeJob(state, texts, [self.store.key(t) for t in texts])
         try:
-            self._queue.put(job, block=timeout != 0.0, timeout=timeout or None)
+            self._queue.put((job, state), block=timeout != 0.0, timeout=timeout or None)
         except queue.Full:
             raise QueueFull(
                 f"{self._queue.maxsize} precompute jobs already queued; retry when some have finished"
@@ -146,19 +161,22 @@ class Precomputer:
             self._thread.join()
 
     def _work(self) -> None:
-        while (job := self._queue.get()) is not _STOP:
+        while (queued := self._queue.get()) is not _STOP:
+            job, state = queued
             try:
-                self._run(job)
+                self._run(job, state)
             except Exception as exc:  # the worker must outlive any one job
                 logger.exception("precompute job %s crashed", job.id)
-                progress = job.progress()
-                job._record(progress.total - progress.done - progress.failed, f"job crashed: {exc}")
+                progress = state.snapshot()
+                state.record(
+                    progress.total - progress.done - progress.failed, f"job crashed: {exc}"
+                )
             finally:
-                job._finish()
+                state.finish()
                 self._report(job)
 
-    def _run(self, job: PrecomputeJob) -> None:
-        job._start()
+    def _run(self, job: PrecomputeJob, state: _JobState) -> None:
+        state.start()
         # Identical chunks share a key: encode each once, count it as often as it was submitted.
         counts: dict[StoreKey, int] = {}
         texts: dict[StoreKey, str] = {}
@@ -168,7 +186,7 @@ class Precomputer:
         todo = []
         for key, count in counts.items():
             if self.store.has_durable_copy(key):
-                job._record(count)
+                state.record(count)
             else:
                 todo.append(key)
         self._report(job)
@@ -182,9 +200,9 @@ class Precomputer:
                     )
                 except Exception as exc:  # noqa: BLE001 - any failure is this chunk's, reported in the job
                     logger.warning("precompute of chunk %s failed: %s", key.content_hash[:12], exc)
-                    job._record(counts[key], f"chunk {key.content_hash[:12]}: {exc}")
+                    state.record(counts[key], f"chunk {key.content_hash[:12]}: {exc}")
                 else:
-                    job._record(counts[key])
+                    state.record(counts[key])
             self._report(job)
 
     def _encode(self, job: PrecomputeJob, texts: list[str]) -> list[DocumentKV | None]:

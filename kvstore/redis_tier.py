@@ -1,4 +1,5 @@
-"""Shared hot tier in Redis: one hash per chunk, a `header` field and one field per layer."""
+"""Shared hot tier in Redis: one hash per chunk, a `header` field and one field per layer
+(the parts of `kvstore/redis_layout.py`)."""
 
 from __future__ import annotations
 
@@ -14,23 +15,23 @@ from redis.retry import Retry
 
 from kvstore.errors import CorruptEntry, KVStoreError, TierFull, TierUnavailable
 from kvstore.keys import StoreKey
-from kvstore.serialization import (
+from kvstore.redis_layout import (
     HEADER_PART,
-    Header,
-    StoredDocument,
     from_parts,
     header_from_part,
     layer_from_part,
     layer_part,
     to_parts,
 )
+from kvstore.stored_format import Header, StoredDocument
+from kvstore.tier import Tier
 
 T = TypeVar("T")
 
 DEFAULT_TTL_S = 7 * 24 * 3600
 
 
-class RedisTier:
+class RedisTier(Tier):
     """Stored documents in Redis hashes, so one layer is one HMGET away.
 
     Each hash is written in one MULTI/EXEC (delete, HSET every field, EXPIRE), so readers never
@@ -125,12 +126,12 @@ class RedisTier:
     def read_layer(
         self, key: StoreKey, layer: int
     ) -> tuple[Header, dict[str, torch.Tensor]] | None:
-        head, part = self._read_parts(key, layer)
+        head, part = self.read_parts(key, layer)
         if head is None:
             return None
         header, _ = header_from_part(head)
         header.check_fingerprint(key.fingerprint_hash)
-        return header, _layer(header, layer, part)
+        return header, layer_from_part(header, layer, part)
 
     def open_reader(self, key: StoreKey) -> RedisReader | None:
         name = self.redis_key(key)
@@ -141,9 +142,9 @@ class RedisTier:
         header.check_fingerprint(key.fingerprint_hash)
         return RedisReader(self, key, head, header, token_ids)
 
-    def prefetch_layer(self, readers: Sequence[RedisReader], layer: int) -> None:
+    def prefetch_layer(self, readers: Sequence[RedisReader], layer: int) -> bool:
         """Fetch layer `layer` of every reader's copy in one round trip; each reader then parses
-        and verifies its own part when it reads the layer.
+        and verifies its own part when it reads the layer. Always takes the hint (True).
 
         A failure here is left for each reader's own read to meet and report, document by
         document, as it would without the prefetch.
@@ -158,12 +159,13 @@ class RedisTier:
         try:
             replies = self._call(fetch)
         except KVStoreError:
-            return
+            return True
         for reader, reply in zip(readers, replies):
             if not isinstance(reply, Exception):
                 reader.stash(layer, *reply)
+        return True
 
-    def _read_parts(self, key: StoreKey, layer: int) -> tuple[bytes | None, bytes | None]:
+    def read_parts(self, key: StoreKey, layer: int) -> tuple[bytes | None, bytes | None]:
         """The raw header and layer parts, from one HMGET (so both come from the same write)."""
         name = self.redis_key(key)
         head, part = self._call(lambda: self._client.hmget(name, [HEADER_PART, layer_part(layer)]))
@@ -199,23 +201,15 @@ class RedisReader:
         if stashed is not None and stashed[0] == layer:
             _, head, part = stashed
         else:
-            head, part = self._tier._read_parts(self.key, layer)
+            head, part = self._tier.read_parts(self.key, layer)
         if head is None:
             return None
         if head != self._head:
             header, _ = header_from_part(head)
             header.check_fingerprint(self.key.fingerprint_hash)
             self._head, self.header = head, header
-        return self.header, _layer(self.header, layer, part)
+        return self.header, layer_from_part(self.header, layer, part)
 
     def close(self) -> None:
         """Drop a prefetched layer not read; connections belong to the tier's pool."""
         self._stashed = None
-
-
-def _layer(header: Header, layer: int, part: bytes | None) -> dict[str, torch.Tensor]:
-    if not 0 <= layer < header.n_layers:
-        raise IndexError(f"layer {layer} out of range for a {header.n_layers}-layer document")
-    if part is None:
-        raise CorruptEntry(f"layer {layer} missing from a Redis copy")
-    return layer_from_part(header, layer, part)

@@ -1,4 +1,9 @@
-"""`TieredStore`: memory → Redis → disk → re-encode, with back-fill, repair and layer-wise sources."""
+"""`TieredStore`: memory → Redis → disk → re-encode, with back-fill and repair.
+
+The store's policy (how a tier read is tried, when a copy is discarded, repaired or back-filled)
+is public so that `DocumentReader` (`kvstore/document_reader.py`), which reads one document of a
+request layer by layer, applies the same policy as whole-document reads.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +11,14 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
+from typing import TypeVar
 
-import torch
 from prometheus_client import CollectorRegistry
 
+from kvstore.codec import decode, encode
 from kvstore.disk import DiskTier
+from kvstore.document_reader import DocumentReader, StoreSource
 from kvstore.errors import (
     CorruptEntry,
     DocumentNotFound,
@@ -27,24 +32,17 @@ from kvstore.keys import StoreKey, fingerprint_hash, make_key
 from kvstore.memory import MemoryTier
 from kvstore.metrics import StoreMetrics
 from kvstore.redis_tier import DEFAULT_TTL_S, RedisTier
-from kvstore.serialization import (
-    Header,
-    StorageFormat,
-    StoredDocument,
-    decode,
-    decode_layer,
-    encode,
-)
-from kvstore.tier import LayerReader, Tier
-from samkv.document import DocumentKV, DocumentMeta, LayerKV
+from kvstore.stored_format import DEFAULT_FORMAT, StorageFormat, StoredDocument
+from kvstore.tier import Tier
+from samkv.document import DocumentKV
 
 logger = logging.getLogger(__name__)
 
 Encoder = Callable[[str], DocumentKV]
+T = TypeVar("T")
 Item = StoreKey | str  # a key, or the chunk text itself (which also allows re-encoding)
 
 _LOCK_STRIPES = 64
-DEFAULT_FORMAT = StorageFormat()
 
 
 class _RateLimitedWarnings:
@@ -105,7 +103,19 @@ class TieredStore:
 
     @property
     def durable_tier(self) -> Tier:
+        """The last tier, which every write must reach."""
         return self.tiers[-1]
+
+    @property
+    def fingerprint_hash(self) -> str:
+        """sha256 hex of the model fingerprint, as every key of this store carries it."""
+        return self._fingerprint_hash
+
+    @property
+    def deletes(self) -> int:
+        """How many deletes the store has begun: a back-fill passes the count it saw before its
+        read, so that it never resurrects a key deleted meanwhile."""
+        return self._deletes
 
     def key(self, text: str) -> StoreKey:
         """The key of chunk `text` for this store's model."""
@@ -114,14 +124,12 @@ class TieredStore:
     def close(self) -> None:
         """Release the tiers' connections (the Redis pool); the store is unusable afterwards."""
         for tier in self.tiers:
-            close = getattr(tier, "close", None)
-            if close is not None:
-                close()
+            tier.close()
 
     def drop_page_cache(self) -> int:
         """Evict the disk tier's files from the OS page cache (a cold disk tier for the next
         reads); the number of files advised, 0 without a disk tier."""
-        return sum(tier.drop_page_cache() for tier in self.tiers if isinstance(tier, DiskTier))
+        return sum(tier.drop_page_cache() for tier in self.tiers)
 
     def stats(self) -> dict[str, dict[str, float]]:
         """Hits, misses, bytes read, load time per tier, discards, write rejections, encode rate."""
@@ -138,13 +146,13 @@ class TieredStore:
         deletes = self._deletes
         for i, tier in enumerate(self.tiers):
             start = time.perf_counter()
-            stored = self._try(tier, key, lambda t=tier: t.get(key))
+            stored = self.read_tier(tier, key, lambda t=tier: t.get(key))
             if stored is None:
                 continue
             self.metrics.hit(tier.name, stored.nbytes, time.perf_counter() - start, "full")
-            self._backfill(key, stored, self.tiers[:i], deletes)
+            self.backfill(key, stored, self.tiers[:i], deletes)
             return decode(stored)
-        return decode(self._reencode(key, text))
+        return decode(self.repair(key, text))
 
     def contains(self, item: Item) -> bool:
         """Whether any reachable tier holds a copy (not verified: reads check)."""
@@ -161,7 +169,7 @@ class TieredStore:
         """Whether the durable tier holds a copy whose header checks out."""
         key, _ = self._resolve(item)
         tier = self.durable_tier
-        return self._try(tier, key, lambda: tier.read_header(key), count=False) is not None
+        return self.read_tier(tier, key, lambda: tier.read_header(key), count=False) is not None
 
     def source(self, items: Sequence[Item], *, backfill: bool = True) -> StoreSource:
         """A `DocumentSource` over `items` (keys or chunk texts) in prompt order.
@@ -173,7 +181,8 @@ class TieredStore:
         a document read from a slower tier is copied to the faster ones once all its layers have
         been read.
         """
-        return StoreSource(self, [self._open(*self._resolve(item), backfill) for item in items])
+        readers = [DocumentReader(self, *self._resolve(item), backfill=backfill) for item in items]
+        return StoreSource(self, readers)
 
     # --- writes ------------------------------------------------------------------------------
 
@@ -208,6 +217,80 @@ class TieredStore:
         self.metrics.encoded(1, doc.length, time.perf_counter() - start)
         return doc
 
+    # --- policy, shared with `DocumentReader` -------------------------------------------------
+
+    def read_tier(
+        self, tier: Tier, key: StoreKey, read: Callable[[], T], *, count: bool = True
+    ) -> T | None:
+        """Run one read of `key` on `tier`: None for a miss (counted unless `count` is False), an
+        unreachable tier (warned and counted), or a copy that failed its checks (discarded)."""
+        try:
+            found = read()
+        except TierUnavailable as exc:
+            self._unavailable(tier, exc)
+            return None
+        except CorruptEntry as exc:
+            self.discard(tier, key, exc)
+            return None
+        if found is None and count:
+            self.metrics.miss(tier.name)
+        return found
+
+    def discard(self, tier: Tier, key: StoreKey, exc: CorruptEntry) -> None:
+        """Delete `tier`'s copy of `key`, which failed a check (`exc`); counted and warned."""
+        reason = "fingerprint" if isinstance(exc, FingerprintMismatch) else "corrupt"
+        self.metrics.discarded(tier.name, reason)
+        self._warnings.warn(
+            f"discard:{tier.name}",
+            f"discarding {reason} KV copy {key.content_hash[:12]} in {tier.name}: {exc}",
+        )
+        try:
+            tier.delete(key)
+        except TierUnavailable as delete_exc:
+            self._unavailable(tier, delete_exc)
+
+    def backfill(
+        self, key: StoreKey, stored: StoredDocument, tiers: Sequence[Tier], deletes: int
+    ) -> None:
+        """Copy `stored`, read from a slower tier, to the faster `tiers` (best effort), unless
+        the key was deleted since `deletes` (`TieredStore.deletes` before the read)."""
+        if not tiers:
+            return
+        with self._lock(key):
+            if self._deletes != deletes:
+                return
+            for tier in reversed(tiers):
+                self._put_best_effort(tier, key, stored)
+
+    def repair(self, key: StoreKey, text: str | None) -> StoredDocument:
+        """Encode a document no tier could serve, and write it everywhere; `DocumentNotFound`
+        without its text or an encoder. A failed write is logged: the copy is still returned."""
+        if text is None or self._encoder is None:
+            what = "no chunk text was given" if text is None else "the store has no encoder"
+            raise DocumentNotFound(
+                f"no valid KV cache for {key.content_hash[:12]} in any tier and {what}"
+            )
+        with self._lock(key):
+            # Another thread may have repaired it while this one waited for the lock.
+            for tier in self.tiers:
+                stored = self.read_tier(tier, key, lambda t=tier: t.get(key), count=False)
+                if stored is not None:
+                    return stored
+            doc = self.encode_text(text)
+            if doc.fingerprint != self.fingerprint:
+                raise EncoderMismatch(
+                    f"encoder made fingerprint {doc.fingerprint!r}, store is for {self.fingerprint!r}"
+                )
+            stored = encode(doc, self.storage_format)
+            try:
+                self._write(key, stored)
+            except StoreWriteError as exc:
+                # The caller can still be served from this copy; the next read re-encodes again.
+                logger.error(
+                    "re-encoded KV cache %s could not be stored: %s", key.content_hash[:12], exc
+                )
+            return stored
+
     # --- internals ---------------------------------------------------------------------------
 
     def _resolve(self, item: Item) -> tuple[StoreKey, str | None]:
@@ -220,37 +303,11 @@ class TieredStore:
     def _lock(self, key: StoreKey) -> threading.RLock:
         return self._locks[int(key.content_hash[:8], 16) % _LOCK_STRIPES]
 
-    def _try(self, tier: Tier, key: StoreKey, read: Callable, *, count: bool = True):
-        """Run one tier read; None for a miss, an unreachable tier, or a discarded copy."""
-        try:
-            found = read()
-        except TierUnavailable as exc:
-            self._unavailable(tier, exc)
-            return None
-        except CorruptEntry as exc:
-            self._discard(tier, key, exc)
-            return None
-        if found is None and count:
-            self.metrics.miss(tier.name)
-        return found
-
     def _unavailable(self, tier: Tier, exc: Exception) -> None:
         self.metrics.unavailable(tier.name)
         self._warnings.warn(
             f"unavailable:{tier.name}", f"KV tier {tier.name} unavailable, skipping it: {exc}"
         )
-
-    def _discard(self, tier: Tier, key: StoreKey, exc: CorruptEntry) -> None:
-        reason = "fingerprint" if isinstance(exc, FingerprintMismatch) else "corrupt"
-        self.metrics.discarded(tier.name, reason)
-        self._warnings.warn(
-            f"discard:{tier.name}",
-            f"discarding {reason} KV copy {key.content_hash[:12]} in {tier.name}: {exc}",
-        )
-        try:
-            tier.delete(key)
-        except TierUnavailable as delete_exc:
-            self._unavailable(tier, delete_exc)
 
     def _put_best_effort(self, tier: Tier, key: StoreKey, stored: StoredDocument) -> None:
         try:
@@ -278,190 +335,6 @@ class TieredStore:
             self.metrics.written(durable.name)
             for tier in reversed(faster):
                 self._put_best_effort(tier, key, stored)
-
-    def _backfill(
-        self, key: StoreKey, stored: StoredDocument, tiers: Sequence[Tier], deletes: int
-    ) -> None:
-        if not tiers:
-            return
-        with self._lock(key):
-            if self._deletes != deletes:
-                return
-            for tier in reversed(tiers):
-                self._put_best_effort(tier, key, stored)
-
-    def _reencode(self, key: StoreKey, text: str | None) -> StoredDocument:
-        """Encode a document no tier could serve, and write it everywhere."""
-        if text is None or self._encoder is None:
-            what = "no chunk text was given" if text is None else "the store has no encoder"
-            raise DocumentNotFound(
-                f"no valid KV cache for {key.content_hash[:12]} in any tier and {what}"
-            )
-        with self._lock(key):
-            # Another thread may have repaired it while this one waited for the lock.
-            for tier in self.tiers:
-                stored = self._try(tier, key, lambda t=tier: t.get(key), count=False)
-                if stored is not None:
-                    return stored
-            doc = self.encode_text(text)
-            if doc.fingerprint != self.fingerprint:
-                raise EncoderMismatch(
-                    f"encoder made fingerprint {doc.fingerprint!r}, store is for {self.fingerprint!r}"
-                )
-            stored = encode(doc, self.storage_format)
-            try:
-                self._write(key, stored)
-            except StoreWriteError as exc:
-                # The caller can still be served from this copy; the next read re-encodes again.
-                logger.error(
-                    "re-encoded KV cache %s could not be stored: %s", key.content_hash[:12], exc
-                )
-            return stored
-
-    def _open(self, key: StoreKey, text: str | None, backfill: bool) -> _OpenDocument:
-        for i, tier in enumerate(self.tiers):
-            start = time.perf_counter()
-            reader = self._try(tier, key, lambda t=tier: t.open_reader(key))
-            if reader is not None:
-                token_ids = reader.token_ids
-                nbytes = token_ids.numel() * token_ids.element_size()
-                self.metrics.hit(tier.name, nbytes, time.perf_counter() - start, "header")
-                collect = backfill and i > 0
-                return _OpenDocument(
-                    key,
-                    text,
-                    reader.header,
-                    token_ids,
-                    i,
-                    reader=reader,
-                    collected={} if collect else None,
-                    deletes=self._deletes,
-                )
-        stored = self._reencode(key, text)
-        return _OpenDocument(key, text, stored.header, stored.token_ids, 0, pinned=stored)
-
-    def _read_layer(self, doc: _OpenDocument, layer: int) -> LayerKV:
-        if doc.pinned is not None:
-            return decode_layer(doc.pinned.header, doc.pinned.layer(layer))
-        for i in range(doc.tier, len(self.tiers)):
-            tier = self.tiers[i]
-            start = time.perf_counter()
-            found = self._try(tier, doc.key, partial(self._read_from, doc, i, tier, layer))
-            if found is None:
-                doc.close_reader()
-                continue
-            header, tensors = found
-            if header.length != doc.header.length:
-                doc.close_reader()
-                self._discard(
-                    tier,
-                    doc.key,
-                    CorruptEntry("copy's length differs from its header read at open"),
-                )
-                continue
-            nbytes = sum(t.numel() * t.element_size() for t in tensors.values())
-            self.metrics.read(tier.name, nbytes, time.perf_counter() - start, "layer")
-            if i != doc.tier:
-                doc.tier, doc.collected = i, None  # layers from two copies make no back-fill
-            if layer == header.n_layers - 1:
-                doc.reader.close()  # end of a pass: the next read opens the copy again
-            self._collect(doc, header, layer, tensors)
-            return decode_layer(header, tensors)
-        doc.pinned = self._reencode(doc.key, doc.text)
-        return decode_layer(doc.pinned.header, doc.pinned.layer(layer))
-
-    def _prefetch(self, docs: Sequence[_OpenDocument], layer: int) -> None:
-        """Let each tier that can fetch one layer of several documents at once do so."""
-        readers: dict[int, list[LayerReader]] = {}
-        for doc in docs:
-            if doc.pinned is None and doc.reader is not None:
-                readers.setdefault(doc.reader_tier, []).append(doc.reader)
-        for i, group in readers.items():
-            prefetch = getattr(self.tiers[i], "prefetch_layer", None)
-            if prefetch is not None and len(group) > 1:
-                start = time.perf_counter()
-                prefetch(group, layer)
-                self.metrics.read(self.tiers[i].name, 0, time.perf_counter() - start, "prefetch")
-
-    @staticmethod
-    def _read_from(
-        doc: _OpenDocument, i: int, tier: Tier, layer: int
-    ) -> tuple[Header, dict[str, torch.Tensor]] | None:
-        """Layer `layer` through the document's reader on tier `i`, opening it if need be."""
-        if doc.reader is None or doc.reader_tier != i:
-            doc.close_reader()
-            reader = tier.open_reader(doc.key)
-            if reader is None:
-                return None
-            doc.reader, doc.reader_tier = reader, i
-        return doc.reader.read_layer(layer)
-
-    def _collect(
-        self, doc: _OpenDocument, header: Header, layer: int, tensors: dict[str, torch.Tensor]
-    ) -> None:
-        if doc.collected is None:
-            return
-        doc.collected[layer] = tensors
-        if len(doc.collected) == header.n_layers:
-            layers = [doc.collected[i] for i in range(header.n_layers)]
-            stored = StoredDocument.from_layers(header, doc.token_ids, layers)
-            doc.collected = None
-            self._backfill(doc.key, stored, self.tiers[: doc.tier], doc.deletes)
-
-
-@dataclass
-class _OpenDocument:
-    """One document of a `StoreSource`: where it was found, and what has been read of it."""
-
-    key: StoreKey
-    text: str | None
-    header: Header
-    token_ids: torch.Tensor
-    tier: int  # index of the tier layers are read from
-    reader: LayerReader | None = None  # the copy layers are read through
-    collected: dict[int, dict[str, torch.Tensor]] | None = None  # layers kept for back-fill
-    pinned: StoredDocument | None = None  # a re-encoded copy, served from process memory
-    deletes: int = 0
-    reader_tier: int = field(init=False)  # index of the tier `reader` reads
-    meta: DocumentMeta = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.reader_tier = self.tier
-        self.meta = DocumentMeta(self.token_ids, self.header.fingerprint, self.header.prefix_len)
-
-    def close_reader(self) -> None:
-        if self.reader is not None:
-            self.reader.close()
-            self.reader = None
-
-
-class StoreSource:
-    """The `DocumentSource` the engine reads a request's documents through; one request, one thread."""
-
-    def __init__(self, store: TieredStore, documents: list[_OpenDocument]) -> None:
-        self._store = store
-        self._documents = documents
-
-    @property
-    def documents(self) -> list[DocumentMeta]:
-        return [doc.meta for doc in self._documents]
-
-    @property
-    def num_layers(self) -> int:
-        return self._documents[0].header.n_layers if self._documents else 0
-
-    @property
-    def tiers(self) -> list[str]:
-        """The tier each document is currently read from ("pinned" for a re-encoded copy)."""
-        return [
-            "pinned" if doc.pinned is not None else self._store.tiers[doc.tier].name
-            for doc in self._documents
-        ]
-
-    def read_layer(self, layer: int) -> list[LayerKV]:
-        """Layer `layer` of every document, in prompt order, in the storage dtype."""
-        self._store._prefetch(self._documents, layer)
-        return [self._store._read_layer(doc, layer) for doc in self._documents]
 
 
 DEFAULT_MEMORY_BYTES = 512 * 2**20

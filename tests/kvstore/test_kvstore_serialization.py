@@ -11,14 +11,10 @@ from safetensors import safe_open
 
 from kvstore import CorruptEntry, FingerprintMismatch, StorageFormat, deserialize, serialize
 from kvstore.blob import BufferSource, read_index
-from kvstore.serialization import (
-    LAYOUT_VERSION,
-    decode,
-    encode,
-    from_parts,
-    read_metadata,
-    to_parts,
-)
+from kvstore.codec import decode, encode
+from kvstore.disk_layout import read_metadata
+from kvstore.redis_layout import from_parts, to_parts
+from kvstore.stored_format import LAYOUT_VERSION
 from tests.kvstore.kvstore_testing import (
     EMBEDDED_SHAPES,
     FINGERPRINT,

@@ -21,7 +21,8 @@ from kvstore import (
     TierUnavailable,
     open_store,
 )
-from kvstore.serialization import encode, to_blob
+from kvstore.codec import encode
+from kvstore.disk_layout import to_blob
 from samkv.document import DocumentSource
 from tests.kvstore.kvstore_testing import (
     FINGERPRINT,
@@ -346,13 +347,13 @@ def test_redis_layers_of_all_documents_come_in_one_round_trip(store, encoder, mo
     source = store.source(texts)
     assert source.tiers == ["redis"] * 3
     single_reads: list[int] = []
-    real = RedisTier._read_parts
+    real = RedisTier.read_parts
 
     def counting(self, key, layer):
         single_reads.append(layer)
         return real(self, key, layer)
 
-    monkeypatch.setattr(RedisTier, "_read_parts", counting)
+    monkeypatch.setattr(RedisTier, "read_parts", counting)
     for _ in range(2):
         for layer in range(source.num_layers):
             got = source.read_layer(layer)
@@ -400,3 +401,9 @@ def test_drop_page_cache_without_a_disk_tier_does_nothing(encoder):
     store.put("chunk", encoder("chunk"))
     assert store.drop_page_cache() == 0
     assert_same_doc(store.get("chunk"), as_stored(encoder("chunk")))
+
+
+def test_the_store_names_its_models_fingerprint_as_its_keys_carry_it(store):
+    assert store.fingerprint == FINGERPRINT
+    assert store.fingerprint_hash == store.key("any chunk").fingerprint_hash
+    assert store.fingerprint_hash != TieredStore("another-model", store.tiers).fingerprint_hash

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import time
 
 import pytest
 import redis
@@ -20,7 +21,9 @@ from kvstore import (
     TierFull,
     make_key,
 )
-from kvstore.serialization import StorageFormat, encode, to_blob
+from kvstore.codec import encode
+from kvstore.disk_layout import to_blob
+from kvstore.stored_format import StorageFormat
 from tests.kvstore.kvstore_testing import FINGERPRINT, make_doc, start_private_redis
 
 
@@ -263,3 +266,25 @@ def test_disk_reader_reads_one_version_per_pass_while_the_file_is_replaced(tmp_p
     header, tensors = reader.read_layer(0)  # ...or the copy there is now
     assert header == new.header and torch.equal(tensors["k"], new.layer(0)["k"])
     reader.close()
+
+
+def test_disk_tier_lists_its_copies_by_model_and_sweeps_interrupted_writes(tmp_path):
+    disk = DiskTier(tmp_path)
+    ours = [make_key(FINGERPRINT, f"chunk {i}") for i in range(3)]
+    theirs = make_key("another-model", "chunk 0")
+    for key in ours:
+        disk.put(key, stored_doc(1))
+    disk.put(theirs, stored_doc(2, fingerprint="another-model"))
+    foreign = disk.path(ours[0]).parent / "notes.safetensors"
+    foreign.write_bytes(b"not a copy of ours")
+    assert disk.stored_keys(ours[0].fingerprint_hash) == set(ours)
+    assert disk.stored_keys(theirs.fingerprint_hash) == {theirs}
+
+    folder = disk.path(ours[1]).parent
+    old, young = folder / ".old.abcd.tmp", folder / ".young.efgh.tmp"
+    old.write_bytes(b"half a write")
+    young.write_bytes(b"a write in progress")
+    os.utime(old, (time.time() - 120,) * 2)
+    assert disk.remove_interrupted_writes(older_than_s=60) == 1
+    assert not old.exists() and young.exists() and foreign.exists()
+    assert all(disk.contains(key) for key in [*ours, theirs])
