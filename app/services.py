@@ -5,19 +5,21 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from app.consistency import ConsistencyReport, check_consistency
-from app.errors import InvalidInput
+from app.errors import InvalidInput, Unavailable
 from app.generation import GenerationPool, RunningGeneration
 from app.ingestion import Ingestor, NewDocument
-from app.jobs import JobStore
+from app.jobs import Job, JobStore
 from app.metrics import AppMetrics
 from app.settings import Settings
 from kvstore import PrecomputeJob, Precomputer, TieredStore, open_store
-from retrieval import Embedder, RetrievalService, SearchHit
+from retrieval import DocumentRecord, Embedder, RetrievalService, SearchHit, StoreUnavailable
 from samkv import METHODS, Engine, GenerationStream
 
 logger = logging.getLogger(__name__)
@@ -57,12 +59,16 @@ class Services:
                 self_check=settings.engine_self_check,
             )
         embedder = Embedder(settings.embedding_model or None, device=device)
+        # Opens even when the database is unreachable: readiness then says why, and the
+        # service connects as soon as it can.
         retrieval = RetrievalService(
             data_dir,
             engine.count_tokens,
             embedder=embedder,
             chunk_tokens=settings.chunk_tokens,
             chunk_overlap=settings.chunk_overlap,
+            database_url=settings.database_url,
+            follow_interval_s=settings.index_poll_s,
         )
         store = open_store(
             data_dir,
@@ -78,14 +84,15 @@ class Services:
         precomputer = Precomputer(
             store, encode_batch=engine.encode_documents, batch_size=settings.ingest_batch_size
         )
-        jobs = JobStore(data_dir)
-        if jobs.interrupted:
-            logger.warning("%d ingestion jobs were interrupted by a restart", jobs.interrupted)
         ingestor = Ingestor(
             retrieval,
             precomputer,
-            jobs,
+            JobStore(retrieval.database, max_attempts=settings.job_max_attempts),
+            worker=settings.worker,
             max_queued_jobs=settings.max_queued_ingest_jobs,
+            lease_s=settings.job_lease_s,
+            heartbeat_s=settings.job_heartbeat_s,
+            poll_s=settings.job_poll_s,
             on_finished=lambda job: metrics.ingest_jobs.labels(job.status).inc(),
         )
         generations = GenerationPool(
@@ -101,7 +108,6 @@ class Services:
         self.generations.close()
         self.ingestor.close()
         self.precomputer.close()
-        self.ingestor.jobs.close()
         self.retrieval.close()
 
     def check_consistency(self) -> ConsistencyReport:
@@ -112,6 +118,44 @@ class Services:
             self.metrics.startup_repairs.labels(kind).inc(getattr(report, kind))
         self.consistency = report
         return report
+
+    def unavailable_reason(self) -> str | None:
+        """Why requests cannot be served now (the database is unreachable), or None."""
+        return self.retrieval.unavailable_reason()
+
+    @contextmanager
+    def database(self) -> Iterator[None]:
+        """Turn an unreachable database into a 503 with Retry-After; nothing is half-written."""
+        try:
+            yield
+        except StoreUnavailable as error:
+            raise Unavailable(str(error), self.settings.retry_after_s,
+                              code="database_unavailable") from error
+
+    def submit(self, documents: list[NewDocument]) -> Job:
+        """Commit the documents as a queued ingestion job (before the client hears 202)."""
+        with self.database():
+            return self.ingestor.submit(documents)
+
+    def job(self, job_id: str) -> Job | None:
+        """An ingestion job's state, or None."""
+        with self.database():
+            return self.ingestor.get(job_id)
+
+    async def wait_for_job(self, job_id: str) -> Job | None:
+        """The job's state once it has finished."""
+        with self.database():
+            return await self.ingestor.wait_async(job_id)
+
+    def list_documents(self) -> list[DocumentRecord]:
+        """Summaries of the stored documents."""
+        with self.database():
+            return self.retrieval.list_documents()
+
+    def get_document(self, document_id: str) -> DocumentRecord | None:
+        """A stored document with its chunks, or None."""
+        with self.database():
+            return self.retrieval.get_document(document_id)
 
     def ingest_sample_collection(self) -> str | None:
         """Queue the bundled sample documents when nothing is stored yet; the job id, if queued."""
@@ -131,9 +175,10 @@ class Services:
         Caches are keyed by content, so a chunk text another document shares loses its cache
         too; the store re-encodes it on the next read.
         """
-        record = self.retrieval.get_document(document_id)
-        if record is None or not self.retrieval.delete_document(document_id):
-            return False
+        with self.database():
+            record = self.retrieval.get_document(document_id)
+            if record is None or not self.retrieval.delete_document(document_id):
+                return False
         for chunk in record.chunks or ():
             self.store.delete(chunk.text)
         return True
@@ -172,9 +217,10 @@ class Services:
                 code="top_k_too_large",
             )
         self.generations.check_capacity()
-        return await asyncio.to_thread(
-            self.retrieval.search, question, top_k or self.settings.top_k, filters
-        )
+        with self.database():
+            return await asyncio.to_thread(
+                self.retrieval.search, question, top_k or self.settings.top_k, filters
+            )
 
     def open_stream(
         self,

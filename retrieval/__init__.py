@@ -1,7 +1,8 @@
-"""Retrieval: chunking in language-model tokens, embeddings, a persisted FAISS index, and the
-SQLite store of documents and chunks. Knows nothing of KV caches."""
+"""Retrieval: chunking in language-model tokens, embeddings, a per-replica FAISS index, and the
+shared store of documents and chunks (SQLite or PostgreSQL). Knows nothing of KV caches."""
 
 from retrieval.chunking import Chunk, Chunker
+from retrieval.database import Database
 from retrieval.embedding import Embedder, default_model_path
 from retrieval.errors import (
     DocumentNotFound,
@@ -10,6 +11,7 @@ from retrieval.errors import (
     InvalidQuery,
     RetrievalError,
     ServiceClosed,
+    StoreUnavailable,
     UnsupportedFileType,
 )
 from retrieval.extraction import extract_text, supported_suffixes
@@ -20,6 +22,7 @@ __all__ = [
     "Chunk",
     "ChunkRecord",
     "Chunker",
+    "Database",
     "DocumentNotFound",
     "DocumentRecord",
     "Embedder",
@@ -30,6 +33,7 @@ __all__ = [
     "RetrievalService",
     "SearchHit",
     "ServiceClosed",
+    "StoreUnavailable",
     "UnsupportedFileType",
     "content_hash",
     "default_model_path",

@@ -29,3 +29,7 @@ class EmbeddingModelNotFound(RetrievalError):
 
 class ServiceClosed(RetrievalError):
     """The retrieval service was closed; create a new one on the data directory."""
+
+
+class StoreUnavailable(RetrievalError):
+    """The database cannot be reached (or is busy) now; the request may be retried later."""

@@ -14,39 +14,45 @@ from typing import Any, Self
 import numpy as np
 
 from retrieval.chunking import Chunker
+from retrieval.database import Database
 from retrieval.embedding import Embedder
-from retrieval.errors import DocumentNotFound, InvalidDocument, InvalidQuery, ServiceClosed
-from retrieval.index_file import read_index_file, write_index_file
+from retrieval.errors import (
+    DocumentNotFound,
+    InvalidDocument,
+    InvalidQuery,
+    ServiceClosed,
+    StoreUnavailable,
+)
 from retrieval.records import ChunkRecord, DocumentRecord, SearchHit
+from retrieval.replica_index import ReplicaIndex
 from retrieval.store import DocumentStore
-from retrieval.vector_index import VectorIndex
 
 logger = logging.getLogger(__name__)
 
-STORE_FILE = "documents.sqlite3"
 INDEX_FILE = "index.faiss"
 # Filtered searches fetch this many times top_k from FAISS before filtering; if too few
 # survive, the filter is selective and an exact search over the matching chunks is cheap.
 FILTER_OVERFETCH = 8
-# HNSW keeps removed vectors as tombstones; past this share the graph is rebuilt.
-MAX_TOMBSTONE_SHARE = 0.2
+# The follower logs an unreachable database at most this often.
+UNAVAILABLE_WARNING_INTERVAL_S = 30.0
 
 Scalar = str | int | float | bool | None
 
 
 class RetrievalService:
-    """Documents in, relevant chunks out; persisted under `data_dir`.
+    """Documents in, relevant chunks out.
 
-    The SQLite store (`documents.sqlite3`) is the source of truth, embeddings included; the
-    FAISS index (`index.faiss`) is derived from it, saved at most every `save_interval_s`
-    after changes and on `close` with a checksum, and checked against the store on start: a
-    missing, damaged (checksum), unreadable or stale index is rebuilt from the stored
-    embeddings. A search never returns
-    a chunk that is not in the store, so a deleted document cannot come back even while the
-    index on disk is behind.
+    The database (SQLite under `data_dir`, or PostgreSQL at `database_url`) is the source of
+    truth, embeddings included, shared by every replica. The FAISS index (`index.faiss`) is
+    this replica's cache of the chunk table: it follows the table's change log, applied on
+    each local write and by a follower thread every `follow_interval_s`, so another
+    replica's adds and deletes become searchable here within about that interval. A search
+    never returns a chunk that is not in the table.
 
-    Thread-safe: ingestion and deletion are serialised; searches run alongside them.
-    The index is flat (exact) up to `hnsw_threshold` chunks and HNSW beyond.
+    If the database cannot be reached at start, the service opens anyway and keeps trying in
+    the background; meanwhile (and during any later outage) calls raise `StoreUnavailable`
+    and `unavailable_reason` says why. Thread-safe. The index is flat (exact) up to
+    `hnsw_threshold` chunks and HNSW beyond.
     """
 
     def __init__(
@@ -59,26 +65,33 @@ class RetrievalService:
         hnsw_threshold: int = 50_000,
         device: str | None = None,
         save_interval_s: float = 5.0,
+        database_url: str = "",
+        follow_interval_s: float = 0.25,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._chunker = Chunker(count_tokens, chunk_tokens, chunk_overlap)
         self._embedder = embedder or Embedder(device=device)
-        self._use_gpu = (device or self._embedder.device).startswith("cuda")
-        self._hnsw_threshold = hnsw_threshold
-        self._save_interval_s = save_interval_s
-        self._index_path = self.data_dir / INDEX_FILE
-        # _write_lock serialises changes (store, index, saving); _index_lock guards the FAISS
-        # object between a change and the searches that read it.
-        self._write_lock = threading.Lock()
-        self._index_lock = threading.Lock()
+        use_gpu = (device or self._embedder.device).startswith("cuda")
+        self.database = Database(database_url, self.data_dir)
+        self._store = DocumentStore(self.database)
+        self._index = ReplicaIndex(
+            self._store,
+            self.data_dir / INDEX_FILE,
+            self._embedder.dimension,
+            hnsw_threshold,
+            use_gpu,
+            save_interval_s,
+        )
+        self._opened = False
         self._closed = False
-        self._dirty = False  # the index has changes not yet saved
-        self._store = DocumentStore(self.data_dir / STORE_FILE)
-        with self._write_lock:
-            reembedded = self._check_embedding_model()
-            self._index = self._load_index(force_rebuild=reembedded)
-            self._last_save = time.monotonic()
+        self._open_error: str | None = None
+        self._stop = threading.Event()
+        self._open_or_defer()
+        self._follower = threading.Thread(
+            target=self._follow, args=(follow_interval_s,), name="index-follower", daemon=True
+        )
+        self._follower.start()
 
     def __enter__(self) -> Self:
         return self
@@ -91,32 +104,53 @@ class RetrievalService:
         """The embedder in use (shared with whoever passed it in)."""
         return self._embedder
 
+    @property
+    def index_version(self) -> int:
+        """The change version this replica's index reflects."""
+        return self._index.version
+
+    @property
+    def index_kind(self) -> str:
+        """The kind of this replica's index: flat (exact) or hnsw."""
+        return self._index.kind
+
+    def index_ids(self) -> np.ndarray:
+        """Ids of the chunks this replica's index can return, ascending."""
+        return self._index.ids()
+
+    def stored_chunk_ids(self) -> np.ndarray:
+        """Ids of every chunk in the table, ascending."""
+        self._check_ready()
+        return self._store.chunk_ids()
+
+    def unavailable_reason(self) -> str | None:
+        """Why the service cannot serve now (the database is unreachable), or None."""
+        if not self._opened:
+            return self._open_error or "the index is being loaded"
+        if self.database.last_error is not None:
+            return f"the database is unavailable: {self.database.last_error}"
+        return None
+
     def add_document(
         self, text: str, document_id: str | None = None, metadata: dict[str, Any] | None = None
     ) -> DocumentRecord:
         """Chunk, embed, store and index a document; returns its record with its chunks.
 
-        A document with the same id is replaced: its old chunks leave the index and store in
-        the same step. Raises `InvalidDocument` for blank text or metadata that is not a
-        JSON object.
+        A document with the same id is replaced: its old chunks leave the table in the same
+        transaction. Raises `InvalidDocument` for blank text or metadata that is not a JSON
+        object, `StoreUnavailable` when the database cannot be reached.
         """
         document_id = document_id or uuid.uuid4().hex
         metadata = _validated_metadata(metadata)
         chunks = self._chunker.split(text, document_id)
         if not chunks:
             raise InvalidDocument(f"document {document_id!r} has no text")
-        # Embedding is the slow part; it runs before taking the lock so searches and other
-        # documents' bookkeeping are not held up by it.
+        # Embedding is the slow part; it runs before the transaction so other writers are not
+        # held up by it.
         vectors = self._embedder.embed([chunk.text for chunk in chunks])
-        with self._write_lock:
-            self._check_open()
-            record, old_ids = self._store.replace_document(
-                document_id, text, metadata, chunks, vectors
-            )
-            with self._index_lock:
-                self._index.remove(old_ids)
-                self._index.add(np.array([c.id for c in record.chunks], dtype=np.int64), vectors)
-            self._after_change()
+        self._check_ready()
+        record, old_ids = self._store.replace_document(document_id, text, metadata, chunks, vectors)
+        self._index.sync()
         logger.info(
             "indexed document %s: %d chunks (%d replaced)", document_id, len(chunks), len(old_ids)
         )
@@ -124,14 +158,11 @@ class RetrievalService:
 
     def delete_document(self, document_id: str) -> bool:
         """Delete a document and all its chunks; False if there was no such document."""
-        with self._write_lock:
-            self._check_open()
-            chunk_ids = self._store.delete_document(document_id)
-            if chunk_ids is None:
-                return False
-            with self._index_lock:
-                self._index.remove(chunk_ids)
-            self._after_change()
+        self._check_ready()
+        chunk_ids = self._store.delete_document(document_id)
+        if chunk_ids is None:
+            return False
+        self._index.sync()
         logger.info("deleted document %s (%d chunks)", document_id, len(chunk_ids))
         return True
 
@@ -161,47 +192,85 @@ class RetrievalService:
         `filters` keeps only chunks whose document metadata has each key with exactly the
         given value. Raises `InvalidQuery` for top_k < 1 or filters that are not key to scalar.
         """
-        self._check_open()
+        self._check_ready()
         if top_k < 1:
             raise InvalidQuery(f"top_k must be at least 1, got {top_k}")
         filters = _validated_filters(filters)
         query_vector = self._embedder.embed([query])
-        with self._index_lock:
-            live = self._index.live_count
-            if live == 0:
-                return []
-            fetch = top_k * FILTER_OVERFETCH if filters else top_k
-            scores, ids = self._index.search(query_vector, fetch)
+        live = self._index.live_count
+        fetch = top_k * FILTER_OVERFETCH if filters else top_k
+        found = self._index.search(query_vector, fetch)
+        if found is None:
+            return []
+        scores, ids = found
         hits = self._hits(scores[0], ids[0], filters, top_k)
         if filters and len(hits) < top_k and fetch < live:
             hits = self._exact_filtered_search(query_vector[0], filters, top_k)
         return hits
 
+    def sync(self) -> int:
+        """Apply the table's changes to this replica's index now; how many there were."""
+        self._check_ready()
+        return self._index.sync()
+
     def save(self) -> None:
         """Write the index to disk now (it is otherwise saved periodically and on close)."""
-        with self._write_lock:
-            self._check_open()
-            self._save_index()
+        self._check_ready()
+        self._index.save()
 
     def close(self) -> None:
-        """Save the index and close the store; the service cannot be used afterwards."""
-        with self._write_lock:
-            if self._closed:
-                return
-            if self._dirty:
-                self._save_index()
-            self._store.close()
-            self._closed = True
+        """Stop following, save the index and close the database; the service cannot be used
+        afterwards."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stop.set()
+        self._follower.join()
+        if self._opened:
+            self._index.close()
+        self.database.close()
+
+    def _open_or_defer(self) -> None:
+        """Open the index now; if the database cannot be reached, the follower retries."""
+        try:
+            reembedded = self._check_embedding_model()
+            self._index.open(force_rebuild=reembedded)
+        except StoreUnavailable as error:
+            self._open_error = str(error)
+            logger.warning("%s; retrying in the background", error)
+            return
+        self._opened = True
+        self._open_error = None
+
+    def _follow(self, interval_s: float) -> None:
+        warned = 0.0
+        while not self._stop.wait(interval_s):
+            try:
+                if self._opened:
+                    self._index.sync()
+                else:
+                    self._open_or_defer()
+            except StoreUnavailable as error:
+                if time.monotonic() - warned > UNAVAILABLE_WARNING_INTERVAL_S:
+                    logger.warning("index follower: %s", error)
+                    warned = time.monotonic()
+            except Exception:  # the follower must outlive any one failure
+                logger.exception("index follower failed; retrying")
 
     def _check_open(self) -> None:
         if self._closed:
             raise ServiceClosed("the retrieval service is closed")
 
+    def _check_ready(self) -> None:
+        self._check_open()
+        if not self._opened:
+            raise StoreUnavailable(self._open_error or "the index is being loaded")
+
     def _hits(
         self, scores: np.ndarray, ids: np.ndarray, filters: dict[str, Scalar], top_k: int
     ) -> list[SearchHit]:
         found = [(int(i), float(s)) for i, s in zip(ids, scores) if i >= 0]
-        # Chunks missing from the store were deleted after the index was last changed.
+        # Chunks missing from the table were deleted after the index last followed it.
         rows = self._store.chunks_with_metadata([i for i, _ in found])
         hits: list[SearchHit] = []
         metadata_cache: dict[str, dict[str, Any]] = {}
@@ -233,92 +302,16 @@ class RetrievalService:
         for ids, vectors in self._store.vectors(documents):
             all_ids.append(ids)
             all_scores.append(vectors @ query_vector)
+        if not all_ids:
+            return []
         ids, scores = np.concatenate(all_ids), np.concatenate(all_scores)
         best = np.argsort(-scores, kind="stable")[:top_k]
         return self._hits(scores[best], ids[best], {}, top_k)
 
-    def _after_change(self) -> None:
-        """Switch index kind or drop tombstones when due, then save if the interval passed."""
-        live = self._index.live_count
-        wanted = "hnsw" if live > self._hnsw_threshold else "flat"
-        if self._index.kind == "flat" and wanted == "hnsw":
-            self._replace_index(f"{live} chunks exceed the HNSW threshold")
-        elif self._index.kind == "hnsw" and self._index.tombstone_share > MAX_TOMBSTONE_SHARE:
-            share = self._index.tombstone_share
-            self._replace_index(f"{share:.0%} of the HNSW index are deleted chunks")
-        if time.monotonic() - self._last_save >= self._save_interval_s:
-            self._save_index()
-        else:
-            self._dirty = True
-
-    def _replace_index(self, reason: str) -> None:
-        logger.info("rebuilding the index from the store: %s", reason)
-        # Built outside the index lock: searches keep using the old index meanwhile, and no
-        # change can happen while we hold the write lock.
-        index = self._build_index()
-        with self._index_lock:
-            self._index = index
-        self._save_index()
-
-    def _build_index(self) -> VectorIndex:
-        count = self._store.count_chunks()
-        kind = "hnsw" if count > self._hnsw_threshold else "flat"
-        index = VectorIndex(self._embedder.dimension, kind, self._use_gpu)
-        for ids, vectors in self._store.vectors():
-            index.add(ids, vectors)
-        logger.info("built a %s index of %d chunks", kind, index.ntotal)
-        return index
-
-    def _load_index(self, force_rebuild: bool) -> VectorIndex:
-        """Load the saved index if it matches the store, else rebuild it from the store."""
-        stored_ids = self._store.chunk_ids()
-        problem = "built for another embedding model" if force_rebuild else None
-        index: VectorIndex | None = None
-        if problem is None and not self._index_path.exists():
-            problem = "missing"
-        if problem is None:
-            try:
-                index = VectorIndex.from_bytes(read_index_file(self._index_path), self._use_gpu)
-            except (OSError, ValueError, TypeError) as error:
-                problem = f"unreadable ({error})"
-        if index is not None and problem is None:
-            index_ids = index.ids()
-            missing = np.setdiff1d(stored_ids, index_ids, assume_unique=True)
-            extra = np.setdiff1d(index_ids, stored_ids)
-            if index.dimension != self._embedder.dimension:
-                problem = f"of dimension {index.dimension}, not {self._embedder.dimension}"
-            elif len(missing) or len(index_ids) != len(np.unique(index_ids)):
-                problem = f"stale ({len(missing)} stored chunks are not in it)"
-            elif len(extra):
-                # HNSW tombstones are saved with the graph, so there they are expected; in a
-                # flat index they are chunks deleted after the last save (a crash).
-                logger.log(
-                    logging.INFO if index.kind == "hnsw" else logging.WARNING,
-                    "index %s holds %d chunks deleted since they were indexed; removing them",
-                    self._index_path,
-                    len(extra),
-                )
-                index.remove(extra)
-                self._dirty = True
-        if problem is None and index is not None:
-            logger.info("loaded index %s (%d chunks)", self._index_path, index.live_count)
-            return index
-        if len(stored_ids) or problem != "missing":
-            logger.warning(
-                "index %s is %s; rebuilding it from the store (%d chunks)",
-                self._index_path,
-                problem,
-                len(stored_ids),
-            )
-        index = self._build_index()
-        self._index = index
-        self._save_index()
-        return index
-
     def _check_embedding_model(self) -> bool:
-        """Re-embed every stored chunk if the store was built with another model.
+        """Re-embed every stored chunk if the table was built with another model.
 
-        Returns True when it re-embedded (the saved index is then useless).
+        Returns True when it re-embedded (every replica's index is then rebuilt).
         """
         fingerprint = self._embedder.fingerprint
         stored = self._store.get_meta("embedding_model")
@@ -327,21 +320,16 @@ class RetrievalService:
         count = self._store.count_chunks()
         if stored is not None and count:
             logger.warning(
-                "the store was embedded with %s, this service uses %s: re-embedding %d chunks",
+                "the table was embedded with %s, this service uses %s: re-embedding %d chunks",
                 stored,
                 fingerprint,
                 count,
             )
             for ids, texts in self._store.chunk_texts():
                 self._store.set_vectors(ids, self._embedder.embed(texts))
+            self._store.log_rebuild()
         self._store.set_meta("embedding_model", fingerprint)
         return stored is not None and count > 0
-
-    def _save_index(self) -> None:
-        """Write the index with its checksum, atomically (see `write_index_file`)."""
-        write_index_file(self._index_path, self._index.to_bytes())
-        self._dirty = False
-        self._last_save = time.monotonic()
 
 
 def _hit(chunk: ChunkRecord, score: float) -> SearchHit:

@@ -1,206 +1,211 @@
-"""The SQLite store of documents and chunks: the source of truth the index is rebuilt from."""
+"""The store of documents and chunks: the source of truth every replica's index follows.
+
+Each change to the chunk table is written, in the same transaction, to the change log under
+a version taken from a counter row (see `retrieval.schema`), so a reader that applies the log
+in version order sees the table's history in commit order.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
-import sqlite3
-import threading
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+import sqlalchemy as sa
 
 from retrieval.chunking import Chunk
+from retrieval.database import Database
 from retrieval.records import INDEXED, ChunkRecord, DocumentRecord
+from retrieval.schema import CHANGES_SEQUENCE, changes, chunks, documents, meta, sequences
 
 logger = logging.getLogger(__name__)
 
-_SCHEMA_VERSION = "1"
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS documents (
-    id TEXT PRIMARY KEY,
-    metadata TEXT NOT NULL,
-    text TEXT NOT NULL,
-    state TEXT NOT NULL,
-    created_at TEXT NOT NULL,
-    updated_at TEXT NOT NULL
-);
--- AUTOINCREMENT: a chunk id is never reused, even after the highest one is deleted, so
--- ids held elsewhere (FAISS tombstones, KV caches, clients) never point at other text.
-CREATE TABLE IF NOT EXISTS chunks (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    document_id TEXT NOT NULL REFERENCES documents(id) ON DELETE CASCADE,
-    position INTEGER NOT NULL,
-    text TEXT NOT NULL,
-    token_count INTEGER NOT NULL,
-    content_hash TEXT NOT NULL,
-    embedding BLOB NOT NULL
-);
-CREATE INDEX IF NOT EXISTS chunks_by_document ON chunks (document_id, position);
-"""
-_CHUNK_COLUMNS = "c.id, c.document_id, c.position, c.text, c.token_count, c.content_hash"
+ADD, REMOVE, REBUILD = "add", "remove", "rebuild"
+_CHUNK_COLUMNS = (
+    chunks.c.id,
+    chunks.c.document_id,
+    chunks.c.position,
+    chunks.c.text,
+    chunks.c.token_count,
+    chunks.c.content_hash,
+)
+
+
+@dataclass(frozen=True)
+class ChangeBatch:
+    """The changes after some version up to `version`, in the order they were made."""
+
+    version: int
+    changes: list[tuple[str, int]]
 
 
 class DocumentStore:
-    """Documents, their chunks and the chunks' embeddings in one SQLite file (WAL mode).
+    """Documents, their chunks and the chunks' embeddings in the shared database. Thread-safe."""
 
-    Safe to share between threads: each thread gets its own connection, so searches read
-    while an ingestion writes. Writers are expected to be serialised by the caller.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._local = threading.local()
-        self._connections: list[sqlite3.Connection] = []
-        self._connections_lock = threading.Lock()
-        self._connection().executescript(_SCHEMA)
-        if self.get_meta("schema_version") is None:
-            self.set_meta("schema_version", _SCHEMA_VERSION)
-
-    def close(self) -> None:
-        """Close every thread's connection."""
-        with self._connections_lock:
-            for conn in self._connections:
-                conn.close()
-            self._connections.clear()
-        self._local = threading.local()
+    def __init__(self, database: Database) -> None:
+        self.database = database
 
     def get_meta(self, key: str) -> str | None:
         """A value of the store's key-value metadata (schema version, embedding model)."""
-        row = self._connection().execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return row[0] if row else None
+        with self.database.read() as conn:
+            return conn.execute(sa.select(meta.c.value).where(meta.c.key == key)).scalar()
 
     def set_meta(self, key: str, value: str) -> None:
         """Set a value of the store's key-value metadata."""
-        with self._transaction(write=True) as conn:
-            conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+        with self.database.write() as conn:
+            _next_version(conn)  # serialises writers, so the delete-insert below cannot race
+            conn.execute(sa.delete(meta).where(meta.c.key == key))
+            conn.execute(sa.insert(meta).values(key=key, value=value))
 
     def replace_document(
         self,
         document_id: str,
         text: str,
         metadata: dict[str, Any],
-        chunks: Sequence[Chunk],
+        new_chunks: Sequence[Chunk],
         vectors: np.ndarray,
     ) -> tuple[DocumentRecord, np.ndarray]:
         """Store a document and its chunks, replacing any earlier version in one transaction.
 
-        Returns the stored record (with chunks) and the ids of the chunks it replaced.
+        Writers are serialised by the change counter, so of two replacements of one id the
+        later one removes all of the earlier one's chunks: one version wins whole. Returns
+        the stored record (with chunks) and the ids of the chunks it replaced.
         """
         now = _now()
-        with self._transaction(write=True) as conn:
-            old_ids = _ids(
-                conn.execute("SELECT id FROM chunks WHERE document_id = ?", (document_id,))
-            )
-            conn.execute("DELETE FROM chunks WHERE document_id = ?", (document_id,))
-            conn.execute(
-                "INSERT INTO documents (id, metadata, text, state, created_at, updated_at) "
-                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
-                "metadata = excluded.metadata, text = excluded.text, state = excluded.state, "
-                "updated_at = excluded.updated_at",
-                (document_id, json.dumps(metadata), text, INDEXED, now, now),
-            )
-            for chunk, vector in zip(chunks, vectors, strict=True):
-                conn.execute(
-                    "INSERT INTO chunks (document_id, position, text, token_count, content_hash,"
-                    " embedding) VALUES (?, ?, ?, ?, ?, ?)",
-                    (
-                        document_id,
-                        chunk.position,
-                        chunk.text,
-                        chunk.token_count,
-                        chunk.content_hash,
-                        np.asarray(vector, dtype=np.float32).tobytes(),
-                    ),
-                )
-            record = self._document(conn, document_id, with_chunks=True)
+        with self.database.write() as conn:
+            version = _next_version(conn)
+            old_ids = _chunk_ids_of(conn, document_id)
+            conn.execute(sa.delete(chunks).where(chunks.c.document_id == document_id))
+            values = {"metadata": json.dumps(metadata), "text": text, "state": INDEXED,
+                      "updated_at": now}
+            updated = conn.execute(
+                sa.update(documents).where(documents.c.id == document_id).values(**values)
+            ).rowcount
+            if not updated:
+                conn.execute(sa.insert(documents).values(id=document_id, created_at=now, **values))
+            rows = [
+                {
+                    "document_id": document_id,
+                    "position": chunk.position,
+                    "text": chunk.text,
+                    "token_count": chunk.token_count,
+                    "content_hash": chunk.content_hash,
+                    "embedding": np.asarray(vector, dtype=np.float32).tobytes(),
+                }
+                for chunk, vector in zip(new_chunks, vectors, strict=True)
+            ]
+            new_ids = conn.execute(
+                sa.insert(chunks).returning(chunks.c.id, sort_by_parameter_order=True), rows
+            ).scalars().all()
+            _log_changes(conn, version, REMOVE, old_ids)
+            _log_changes(conn, version, ADD, new_ids)
+            record = _document(conn, document_id, with_chunks=True)
         assert record is not None  # written in this transaction
         return record, old_ids
 
     def delete_document(self, document_id: str) -> np.ndarray | None:
         """Delete a document and its chunks; returns the deleted chunk ids, None if unknown."""
-        with self._transaction(write=True) as conn:
-            ids = _ids(conn.execute("SELECT id FROM chunks WHERE document_id = ?", (document_id,)))
-            deleted = conn.execute("DELETE FROM documents WHERE id = ?", (document_id,)).rowcount
+        with self.database.write() as conn:
+            version = _next_version(conn)
+            ids = _chunk_ids_of(conn, document_id)
+            conn.execute(sa.delete(chunks).where(chunks.c.document_id == document_id))
+            deleted = conn.execute(
+                sa.delete(documents).where(documents.c.id == document_id)
+            ).rowcount
+            _log_changes(conn, version, REMOVE, ids)
         return ids if deleted else None
 
     def get_document(self, document_id: str) -> DocumentRecord | None:
         """The document with its text and chunks, or None."""
-        with self._transaction() as conn:
-            return self._document(conn, document_id, with_chunks=True)
+        with self.database.read() as conn:
+            return _document(conn, document_id, with_chunks=True)
 
     def list_documents(self) -> list[DocumentRecord]:
         """Summaries (no text, no chunks) of every document, oldest first."""
-        rows = (
-            self._connection()
-            .execute(
-                "SELECT d.id, d.metadata, d.state, d.created_at, d.updated_at, "
-                "(SELECT count(*) FROM chunks c WHERE c.document_id = d.id) "
-                "FROM documents d ORDER BY d.created_at, d.id"
-            )
-            .fetchall()
+        count = (
+            sa.select(sa.func.count())
+            .where(chunks.c.document_id == documents.c.id)
+            .scalar_subquery()
         )
-        return [_document_record(row) for row in rows]
+        query = sa.select(
+            documents.c.id, documents.c.metadata, documents.c.state, documents.c.created_at,
+            documents.c.updated_at, count,
+        ).order_by(documents.c.created_at, documents.c.id)
+        with self.database.read() as conn:
+            return [_document_record(tuple(row)) for row in conn.execute(query)]
 
     def chunks_of(self, document_id: str) -> list[ChunkRecord]:
         """The document's chunks in order (empty if the document is unknown)."""
-        rows = (
-            self._connection()
-            .execute(
-                f"SELECT {_CHUNK_COLUMNS} FROM chunks c WHERE c.document_id = ? ORDER BY c.position",
-                (document_id,),
-            )
-            .fetchall()
-        )
-        return [ChunkRecord(*row) for row in rows]
+        with self.database.read() as conn:
+            return _chunks_of(conn, document_id)
 
     def chunks_with_metadata(self, ids: Sequence[int]) -> dict[int, tuple[ChunkRecord, str]]:
         """Stored chunks among `ids`, each with its document's metadata JSON."""
-        rows = (
-            self._connection()
-            .execute(
-                f"SELECT {_CHUNK_COLUMNS}, d.metadata FROM chunks c "
-                "JOIN documents d ON d.id = c.document_id "
-                "WHERE c.id IN (SELECT value FROM json_each(?))",
-                (json.dumps([int(i) for i in ids]),),
-            )
-            .fetchall()
+        if not ids:
+            return {}
+        query = (
+            sa.select(*_CHUNK_COLUMNS, documents.c.metadata)
+            .join(documents, documents.c.id == chunks.c.document_id)
+            .where(chunks.c.id.in_([int(i) for i in ids]))
         )
-        return {row[0]: (ChunkRecord(*row[:6]), row[6]) for row in rows}
+        with self.database.read() as conn:
+            return {row[0]: (ChunkRecord(*row[:6]), row[6]) for row in conn.execute(query)}
 
-    def document_metadata(self) -> Iterator[tuple[str, str]]:
+    def document_metadata(self) -> list[tuple[str, str]]:
         """(document id, metadata JSON) of every document."""
-        yield from self._connection().execute("SELECT id, metadata FROM documents")
+        with self.database.read() as conn:
+            return [tuple(row) for row in conn.execute(sa.select(documents.c.id, documents.c.metadata))]
 
     def chunk_ids(self) -> np.ndarray:
         """Ids of every stored chunk, ascending."""
-        return _ids(self._connection().execute("SELECT id FROM chunks ORDER BY id"))
+        with self.database.read() as conn:
+            return _ids(conn.execute(sa.select(chunks.c.id).order_by(chunks.c.id)))
 
     def count_chunks(self) -> int:
         """Number of stored chunks."""
-        return self._connection().execute("SELECT count(*) FROM chunks").fetchone()[0]
+        with self.database.read() as conn:
+            return conn.execute(sa.select(sa.func.count()).select_from(chunks)).scalar_one()
 
     def vectors(
         self, document_ids: Sequence[str] | None = None, batch_size: int = 20_000
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Stored (ids, vectors) in batches, of all chunks or of the given documents' chunks."""
-        if document_ids is None:
-            cursor = self._connection().execute("SELECT id, embedding FROM chunks ORDER BY id")
-        else:
-            cursor = self._connection().execute(
-                "SELECT id, embedding FROM chunks "
-                "WHERE document_id IN (SELECT value FROM json_each(?)) ORDER BY id",
-                (json.dumps(list(document_ids)),),
+        """Stored (ids, vectors) in batches, of all chunks or of the given documents' chunks.
+
+        Each batch is its own query (keyset pagination), so no connection is held between them.
+        """
+        last_id = -1
+        while True:
+            query = (
+                sa.select(chunks.c.id, chunks.c.embedding)
+                .where(chunks.c.id > last_id)
+                .order_by(chunks.c.id)
+                .limit(batch_size)
             )
-        while rows := cursor.fetchmany(batch_size):
-            ids = np.fromiter((row[0] for row in rows), dtype=np.int64, count=len(rows))
-            vectors = np.frombuffer(b"".join(row[1] for row in rows), dtype=np.float32)
-            yield ids, vectors.reshape(len(rows), -1)
+            if document_ids is not None:
+                query = query.where(chunks.c.document_id.in_(list(document_ids)))
+            with self.database.read() as conn:
+                rows = conn.execute(query).all()
+            if not rows:
+                return
+            last_id = rows[-1][0]
+            yield _vectors(rows)
+
+    def vectors_of(self, ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, vectors) of those chunks among `ids` that are stored, ascending."""
+        query = (
+            sa.select(chunks.c.id, chunks.c.embedding)
+            .where(chunks.c.id.in_([int(i) for i in ids]))
+            .order_by(chunks.c.id)
+        )
+        with self.database.read() as conn:
+            rows = conn.execute(query).all()
+        if not rows:
+            return np.empty(0, dtype=np.int64), np.empty((0, 0), dtype=np.float32)
+        return _vectors(rows)
 
     def chunk_texts(self, batch_size: int = 1_000) -> Iterator[tuple[np.ndarray, list[str]]]:
         """(ids, texts) of every chunk in batches, for re-embedding with another model.
@@ -208,70 +213,113 @@ class DocumentStore:
         Each batch is its own query, so the caller may write between batches.
         """
         last_id = -1
-        while (
-            rows := self._connection()
-            .execute(
-                "SELECT id, text FROM chunks WHERE id > ? ORDER BY id LIMIT ?",
-                (last_id, batch_size),
+        while True:
+            query = (
+                sa.select(chunks.c.id, chunks.c.text)
+                .where(chunks.c.id > last_id)
+                .order_by(chunks.c.id)
+                .limit(batch_size)
             )
-            .fetchall()
-        ):
+            with self.database.read() as conn:
+                rows = conn.execute(query).all()
+            if not rows:
+                return
             last_id = rows[-1][0]
             yield np.array([row[0] for row in rows], dtype=np.int64), [row[1] for row in rows]
 
     def set_vectors(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         """Overwrite the stored embeddings of chunks."""
-        with self._transaction(write=True) as conn:
-            conn.executemany(
-                "UPDATE chunks SET embedding = ? WHERE id = ?",
-                ((np.asarray(v, dtype=np.float32).tobytes(), int(i)) for i, v in zip(ids, vectors)),
+        with self.database.write() as conn:
+            _next_version(conn)
+            conn.execute(
+                sa.update(chunks)
+                .where(chunks.c.id == sa.bindparam("chunk_id"))
+                .values(embedding=sa.bindparam("vector")),
+                [
+                    {"chunk_id": int(i), "vector": np.asarray(v, dtype=np.float32).tobytes()}
+                    for i, v in zip(ids, vectors, strict=True)
+                ],
             )
 
-    def _document(
-        self, conn: sqlite3.Connection, document_id: str, with_chunks: bool
-    ) -> DocumentRecord | None:
-        row = conn.execute(
-            "SELECT id, metadata, state, created_at, updated_at, text FROM documents WHERE id = ?",
-            (document_id,),
-        ).fetchone()
-        if row is None:
-            return None
-        chunks = conn.execute(
-            f"SELECT {_CHUNK_COLUMNS} FROM chunks c WHERE c.document_id = ? ORDER BY c.position",
-            (document_id,),
-        ).fetchall()
-        records = tuple(ChunkRecord(*chunk) for chunk in chunks)
-        return _document_record((*row[:5], len(records)), text=row[5], chunks=records)
+    def log_rebuild(self) -> int:
+        """Tell every replica to rebuild its index from the table (after re-embedding)."""
+        with self.database.write() as conn:
+            version = _next_version(conn)
+            conn.execute(sa.insert(changes).values(version=version, kind=REBUILD, chunk_id=0))
+        return version
 
-    def _connection(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            # Autocommit mode: transactions are explicit (see _transaction), reads included,
-            # so a multi-statement read sees one snapshot.
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = NORMAL")
-            conn.execute("PRAGMA foreign_keys = ON")
-            conn.execute("PRAGMA busy_timeout = 10000")
-            self._local.conn = conn
-            with self._connections_lock:
-                self._connections.append(conn)
-        return conn
+    def current_version(self) -> int:
+        """The version of the latest committed change."""
+        with self.database.read() as conn:
+            return _current_version(conn)
 
-    @contextmanager
-    def _transaction(self, write: bool = False) -> Iterator[sqlite3.Connection]:
-        conn = self._connection()
-        conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-        try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+    def changes_since(self, version: int) -> ChangeBatch:
+        """Every committed change after `version`, oldest first."""
+        with self.database.read() as conn:
+            latest = _current_version(conn)
+            rows = conn.execute(
+                sa.select(changes.c.kind, changes.c.chunk_id)
+                .where(changes.c.version > version, changes.c.version <= latest)
+                .order_by(changes.c.version, changes.c.id)
+            ).all()
+        return ChangeBatch(latest, [(kind, int(chunk_id)) for kind, chunk_id in rows])
 
 
-def _ids(cursor: sqlite3.Cursor) -> np.ndarray:
-    return np.array([row[0] for row in cursor], dtype=np.int64)
+def _next_version(conn: sa.Connection) -> int:
+    """Take the next change version; the row lock is held until the transaction ends."""
+    row = sequences.c.name == CHANGES_SEQUENCE
+    conn.execute(sa.update(sequences).where(row).values(value=sequences.c.value + 1))
+    return conn.execute(sa.select(sequences.c.value).where(row)).scalar_one()
+
+
+def _current_version(conn: sa.Connection) -> int:
+    return conn.execute(
+        sa.select(sequences.c.value).where(sequences.c.name == CHANGES_SEQUENCE)
+    ).scalar_one()
+
+
+def _log_changes(conn: sa.Connection, version: int, kind: str, ids: Sequence[int]) -> None:
+    if len(ids):
+        conn.execute(
+            sa.insert(changes),
+            [{"version": version, "kind": kind, "chunk_id": int(i)} for i in ids],
+        )
+
+
+def _chunk_ids_of(conn: sa.Connection, document_id: str) -> np.ndarray:
+    return _ids(conn.execute(sa.select(chunks.c.id).where(chunks.c.document_id == document_id)))
+
+
+def _chunks_of(conn: sa.Connection, document_id: str) -> list[ChunkRecord]:
+    rows = conn.execute(
+        sa.select(*_CHUNK_COLUMNS)
+        .where(chunks.c.document_id == document_id)
+        .order_by(chunks.c.position)
+    )
+    return [ChunkRecord(*row) for row in rows]
+
+
+def _document(conn: sa.Connection, document_id: str, with_chunks: bool) -> DocumentRecord | None:
+    row = conn.execute(
+        sa.select(
+            documents.c.id, documents.c.metadata, documents.c.state, documents.c.created_at,
+            documents.c.updated_at, documents.c.text,
+        ).where(documents.c.id == document_id)
+    ).first()
+    if row is None:
+        return None
+    records = tuple(_chunks_of(conn, document_id)) if with_chunks else ()
+    return _document_record((*row[:5], len(records)), text=row[5], chunks=records)
+
+
+def _ids(rows: Any) -> np.ndarray:
+    return np.array([row[0] for row in rows], dtype=np.int64)
+
+
+def _vectors(rows: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+    ids = np.fromiter((row[0] for row in rows), dtype=np.int64, count=len(rows))
+    vectors = np.frombuffer(b"".join(bytes(row[1]) for row in rows), dtype=np.float32)
+    return ids, vectors.reshape(len(rows), -1)
 
 
 def _now() -> str:

@@ -91,6 +91,13 @@ class VectorIndex:
         """All ids held, tombstones included, in insertion order."""
         return faiss.vector_to_array(self._index.id_map).astype(np.int64, copy=False)
 
+    def live_ids(self) -> np.ndarray:
+        """The ids searches can return (tombstones left out), in insertion order."""
+        ids = self.ids()
+        if not self._tombstones:
+            return ids
+        return ids[~np.isin(ids, np.fromiter(self._tombstones, dtype=np.int64))]
+
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         """Add unit vectors (n, dimension) under int64 ids that are not in the index."""
         if len(ids) == 0:

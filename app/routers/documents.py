@@ -122,10 +122,11 @@ async def ingest(
     ids = [d.id for d in documents]
     if len(set(ids)) != len(ids):
         raise InvalidInput("two documents in the request have the same id", code="duplicate_id")
-    job = services.ingestor.submit(documents)
+    # Committed (text and job) before the answer: a crash after it loses nothing.
+    job = await asyncio.to_thread(services.submit, documents)
     if not wait:
         return IngestAccepted(job_id=job.id, document_ids=ids)
-    finished = await services.ingestor.wait_async(job.id) or job
+    finished = await services.wait_for_job(job.id) or job
     response.status_code = 200
     return IngestAccepted(
         job_id=job.id,
@@ -188,7 +189,7 @@ async def list_documents(
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> DocumentList:
     """The stored documents (without their text), oldest first."""
-    records = await asyncio.to_thread(services.retrieval.list_documents)
+    records = await asyncio.to_thread(services.list_documents)
     return DocumentList(
         documents=[_document_out(r) for r in records[offset : offset + limit]], total=len(records)
     )
@@ -197,7 +198,7 @@ async def list_documents(
 @router.get("/{document_id}", response_model=DocumentOut, responses={404: {"model": ErrorResponse}, **_ERRORS})
 async def get_document(document_id: str, services: ServicesDep) -> DocumentOut:
     """One document with its text and chunks."""
-    record = await asyncio.to_thread(services.retrieval.get_document, document_id)
+    record = await asyncio.to_thread(services.get_document, document_id)
     if record is None:
         raise NotFound(f"no document with id {document_id!r}")
     return _document_out(record)

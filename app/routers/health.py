@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
+import numpy as np
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from app.dependencies import MetricsDep, ServicesDep
+from app.dependencies import MetricsDep, ServicesDep, SettingsDep
+from app.errors import Unavailable
 from app.schemas import ErrorResponse
 from app.services import Services
 
@@ -22,19 +25,37 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz", responses={503: {"model": ErrorResponse}})
-async def readyz(services: ServicesDep) -> dict[str, Any]:
-    """Ready once the engine, the retrieval service and the KV store are loaded; 503 before.
+async def readyz(services: ServicesDep, settings: SettingsDep) -> dict[str, Any]:
+    """Ready once the engine, the retrieval service and the KV store are loaded and the
+    database answers; 503 with the reason (and Retry-After) otherwise.
 
     `startup_check` reports what the start-up consistency check found and whether the caches
     it found missing are re-encoded yet (`repair`: queued, running, done or failed).
     """
+    reason = services.unavailable_reason()
+    if reason is not None:
+        raise Unavailable(reason, settings.retry_after_s, code="database_unavailable")
     return {
         "status": "ready",
+        "index": _index_state(services),
         "model_fingerprint": services.engine.fingerprint,
         "kv_tiers": [tier.name for tier in services.store.tiers],
         "generations_in_flight": services.generations.admitted,
         "startup_check": _startup_check(services),
     }
+
+
+def index_digest(ids: Any) -> str:
+    """sha256 of chunk ids in ascending order as little-endian int64: equal digests, equal sets."""
+    return hashlib.sha256(np.asarray(ids, dtype="<i8").tobytes()).hexdigest()
+
+
+def _index_state(services: Services) -> dict[str, Any]:
+    """This replica's index: the change version it reflects, its size and a digest of its ids,
+    to compare replicas with each other and with the chunk table."""
+    ids = services.retrieval.index_ids()
+    return {"version": services.retrieval.index_version, "chunks": len(ids),
+            "ids_sha256": index_digest(ids)}
 
 
 def _startup_check(services: Services) -> dict[str, Any] | None:

@@ -22,7 +22,7 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 )
 async def get_job(job_id: str, services: ServicesDep) -> JobOut:
     """The job's status (`queued`, `running`, `done`, `failed`), progress from 0 to 1, and error."""
-    job = await asyncio.to_thread(services.ingestor.get, job_id)
+    job = await asyncio.to_thread(services.job, job_id)
     if job is None:
         raise NotFound(f"no job with id {job_id!r}")
     return job_out(job)

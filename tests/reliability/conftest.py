@@ -24,6 +24,7 @@ FIGURES = pytest.StashKey[dict[str, Any]]()
 
 # Small settings keep each server quick to start and each answer quick to decode.
 SERVER_DEFAULTS: dict[str, Any] = {
+    "model": "smollm2-135m-instruct",
     "api_keys": API_KEY,
     "engine_self_check": False,
     "max_new_tokens": 4,
@@ -58,12 +59,12 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
     """Factory: a `ServerProcess` (not started) on a data dir of its own; stopped afterwards."""
     servers: list[ServerProcess] = []
 
-    def make(data_dir: Path | None = None, **settings: Any) -> ServerProcess:
+    def make(data_dir: Path | None = None, command: str = "serve", **settings: Any) -> ServerProcess:
         index = len(servers)
         data = data_dir or tmp_path / f"data-{index}"
         logs = tmp_path / f"logs-{index}"
         logs.mkdir()
-        server = ServerProcess(data, logs, **(SERVER_DEFAULTS | settings))
+        server = ServerProcess(data, logs, command, **(SERVER_DEFAULTS | settings))
         servers.append(server)
         return server
 

@@ -70,9 +70,13 @@ def wait_startup_check(url: str, timeout_s: float = READY_TIMEOUT_S) -> dict:
 
 
 class ServerProcess:
-    """`samkv-rag serve` in a subprocess on `data_dir`, configured by `SAMKV_*` variables."""
+    """`samkv-rag serve` (or `worker`) in a subprocess on `data_dir`, configured by `SAMKV_*`
+    variables."""
 
-    def __init__(self, data_dir: Path, log_dir: Path, **settings: Any) -> None:
+    def __init__(
+        self, data_dir: Path, log_dir: Path, command: str = "serve", **settings: Any
+    ) -> None:
+        self.command = command
         self.data_dir = data_dir
         self.log_dir = log_dir
         self.port = free_port()
@@ -92,22 +96,46 @@ class ServerProcess:
 
     @property
     def log_path(self) -> Path:
-        return self.log_dir / f"server-{self.port}-{self.starts}.log"
+        return self.log_dir / f"{self.command}-{self.port}-{self.starts}.log"
 
-    def start(self) -> dict:
-        """Start the server and wait until it is ready; the body of its `/readyz`."""
+    @property
+    def pid(self) -> int | None:
+        """The running process's id, None when it is not running."""
+        running = self.process is not None and self.process.poll() is None
+        return self.process.pid if running else None
+
+    def start(self, wait: bool = True) -> dict:
+        """Start the process; with `wait`, wait until ready and return the body of its `/readyz`
+        (for a worker, until it runs: an empty dict)."""
+        self.launch()
+        if self.command == "worker":
+            return self.wait_worker()
+        return wait_ready(self.url, alive=lambda: self.process.poll() is None) if wait else {}
+
+    def launch(self) -> None:
+        """Start the process without waiting for it."""
         assert self.process is None or self.process.poll() is not None, "already running"
         self.starts += 1
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "app.cli", "serve"],
+                [sys.executable, "-m", "app.cli", self.command],
                 cwd=ROOT,
                 env=self.environment(),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        return wait_ready(self.url, alive=lambda: self.process.poll() is None)
+
+    def wait_worker(self) -> dict:
+        """Wait until a worker process has loaded its models and runs."""
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while "ingestion worker " not in self.log():
+            if self.process.poll() is not None:
+                pytest.fail(f"the worker exited during start-up:\n{self.log()[-3000:]}")
+            if time.monotonic() > deadline:
+                pytest.fail("the worker did not start")
+            time.sleep(0.2)
+        return {}
 
     def kill(self) -> None:
         """SIGKILL: no shutdown handler runs, nothing is flushed or saved."""

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
-
 import faiss
 import numpy as np
 import pytest
 
-from retrieval.index_file import MAGIC, read_index_file, write_index_file
+from retrieval.index_file import TRAILER_BYTES, read_index_file, write_index_file
 from retrieval.vector_index import VectorIndex
-
-TRAILER_BYTES = len(MAGIC) + hashlib.sha256().digest_size
 
 
 @pytest.fixture
@@ -20,13 +16,14 @@ def index_path(tmp_path):
     vectors = np.random.default_rng(0).standard_normal((16, 8)).astype(np.float32)
     index.add(np.arange(16, dtype=np.int64), vectors / np.linalg.norm(vectors, axis=1, keepdims=True))
     path = tmp_path / "index.faiss"
-    write_index_file(path, index.to_bytes())
+    write_index_file(path, index.to_bytes(), version=7)
     return path
 
 
 def test_an_intact_file_reads_back(index_path):
-    index = VectorIndex.from_bytes(read_index_file(index_path))
-    assert index.ntotal == 16
+    stored = read_index_file(index_path)
+    assert stored.version == 7
+    assert VectorIndex.from_bytes(stored.data).ntotal == 16
     assert not list(index_path.parent.glob("*.tmp"))
 
 

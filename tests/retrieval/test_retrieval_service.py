@@ -17,6 +17,7 @@ from retrieval import (
     ServiceClosed,
     content_hash,
 )
+from retrieval.index_file import read_index_file, write_index_file
 from retrieval.service import INDEX_FILE
 
 ANIMALS = {
@@ -118,14 +119,33 @@ def test_damaged_index_is_rebuilt_from_the_store(open_service, tmp_path, caplog,
     assert [h.chunk_id for h in reopened.search("geothermal water", top_k=3)] == expected
 
 
-def test_stale_index_missing_new_chunks_is_rebuilt(open_service, tmp_path, caplog):
+def test_an_older_index_file_catches_up_through_the_change_log(open_service, tmp_path, caplog):
     service = open_service()
     service.add_document(ANIMALS["otters"], "otters")
     service.save()
+    old_version = service.index_version
     stale = (tmp_path / "data" / INDEX_FILE).read_bytes()
     service.add_document(CITIES["kyoto"], "kyoto")
     service.close()
     (tmp_path / "data" / INDEX_FILE).write_bytes(stale)
+
+    with caplog.at_level(logging.WARNING, logger="retrieval"):
+        reopened = open_service()
+    assert not any("rebuilding" in r.getMessage() for r in caplog.records)
+    assert reopened.index_version > old_version
+    assert reopened.search("Buddhist temples", top_k=1)[0].document_id == "kyoto"
+    assert list(reopened.index_ids()) == list(reopened.stored_chunk_ids())
+
+
+def test_an_inconsistent_index_file_is_rebuilt(open_service, tmp_path, caplog):
+    service = open_service()
+    service.add_document(ANIMALS["otters"], "otters")
+    service.save()
+    stale = read_index_file(tmp_path / "data" / INDEX_FILE)
+    service.add_document(CITIES["kyoto"], "kyoto")
+    service.close()
+    # An index that claims the latest version but lacks the latest chunks.
+    write_index_file(tmp_path / "data" / INDEX_FILE, stale.data, service.index_version)
 
     with caplog.at_level(logging.WARNING, logger="retrieval"):
         reopened = open_service()
@@ -190,14 +210,14 @@ def test_reingesting_a_document_replaces_its_chunks(open_service):
 def test_hnsw_index_deletes_and_restarts(open_service):
     service = open_service(hnsw_threshold=5)
     ingest(service)
-    assert service._index.kind == "hnsw"
+    assert service.index_kind == "hnsw"
     otter_ids = {c.id for c in service.chunks_of("otters")}
     service.delete_document("otters")
     hits = service.search("otters holding hands", top_k=10)
     assert hits and not {h.chunk_id for h in hits} & otter_ids
     service.close()
     reopened = open_service(hnsw_threshold=5)
-    assert reopened._index.kind == "hnsw"
+    assert reopened.index_kind == "hnsw"
     hits = reopened.search("otters holding hands", top_k=10)
     assert len(hits) == 5 and not {h.chunk_id for h in hits} & otter_ids
 
