@@ -1,7 +1,7 @@
 """SamKV engine: per-document KV encoding, multi-context assembly, and the reuse methods."""
 
 from samkv.document import DocumentKV, DocumentMeta, DocumentSource, InMemorySource, LayerKV
-from samkv.engine import Engine, Generation, GenerationStream
+from samkv.engine import Engine
 from samkv.errors import (
     ContextTooLong,
     FingerprintMismatch,
@@ -11,7 +11,8 @@ from samkv.errors import (
     SamKVError,
     UnknownMethod,
 )
-from samkv.methods import METHODS
+from samkv.generation import Generation, GenerationStream
+from samkv.methods import METHODS, MethodInfo, method_info
 from samkv.runtime import load_tokenizer
 
 __all__ = [
@@ -27,9 +28,11 @@ __all__ = [
     "InMemorySource",
     "InvalidRequest",
     "LayerKV",
+    "MethodInfo",
     "ModelLoadError",
     "ReuseRefused",
     "SamKVError",
     "UnknownMethod",
     "load_tokenizer",
+    "method_info",
 ]

@@ -119,10 +119,11 @@ def assemble(
     plan: Plan,
     cache: KVCache,
     meter: KVMeter,
-) -> int:
-    """Fills `cache` with [P ; kept context tokens] for every layer; returns the tokens recomputed.
+) -> torch.Tensor:
+    """Fills `cache` with [P ; kept context tokens] for every layer.
 
-    token_ids [N] are the context's ids (needed for the recomputed tokens' embeddings).
+    token_ids [N] are the context's ids (needed for the recomputed tokens' embeddings). Returns
+    the sorted context indices recomputed through the last layer (after any narrowing).
     """
     shape = ops.shape
     P, N = layout.prefix_len, layout.context_len
@@ -159,4 +160,4 @@ def assemble(
         cache.write_layer(layer, 0, keys[:, keep_slots], values[:, keep_slots])
         meter.release(keys, values)
     cache.length = P + int(plan.keep.numel())
-    return int(rows.numel())
+    return rows

@@ -11,7 +11,7 @@ import torch
 
 @dataclass(frozen=True)
 class DocumentKV:
-    """A chunk's KV cache, computed once after the shared prompt prefix P (see SAMKV.md).
+    """A chunk's KV cache, computed once after the shared prompt prefix P.
 
     Keys and summary queries are stored *before* the rotary embedding, so the engine can place
     the chunk at any position of a later prompt.

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,22 +12,23 @@ import torch
 
 from samkv.assembly import DocumentAttention, Plan, assemble
 from samkv.cache import KVCache, KVMeter
-from samkv.complement import entity_match_scores, entity_tokens, reprobe_scores
-from samkv.decoding import Sampler, TextPieces, stop_token_ids
+from samkv.decoding import Sampler, stop_token_ids
 from samkv.document import DocumentKV, DocumentSource, InMemorySource
 from samkv.errors import ContextTooLong, FingerprintMismatch, InvalidRequest, ReuseRefused
 from samkv.forward import Recording, forward_tokens
+from samkv.generation import Answering, Generation, GenerationStream, prefill, score
 from samkv.layers import ModelOps
 from samkv.layout import Layout
-from samkv.methods import Method, PlanContext, make_method
-from samkv.methods.base import ProbeFn
-from samkv.probe import ProbeScores, run_probe
-from samkv.prompt import NEUTRAL_QUESTION, PromptTemplate, PromptTokenizer
+from samkv.methods import PlanContext, make_method
+from samkv.prompt import PromptTemplate, PromptTokenizer
+from samkv.request import Prepared, Request
 from samkv.runtime import LoadedModel, load_model
+from samkv.stages import StageClock, TimedSource
 
 logger = logging.getLogger(__name__)
 
 LAYOUT_VERSION = 1
+# Queries of each document's last tokens stored with its KV, for methods that score across documents.
 DEFAULT_SUMMARY_WINDOW = 8
 SELF_CHECK_DOCUMENT = (
     "The lighthouse on Carrow Point has been kept by Marta Quint since 1987. "
@@ -41,124 +40,6 @@ SELF_CHECK_QUESTION = "Who keeps the lighthouse on Carrow Point?"
 SELF_CHECK_TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 5e-3}
 
 Documents = Sequence[DocumentKV] | DocumentSource
-
-
-@dataclass
-class Generation:
-    """A finished answer: its text, its token ids and the stats of ARCHITECTURE.md."""
-
-    text: str
-    token_ids: list[int]
-    stats: dict[str, Any]
-    answer_logprob: float | None = None
-    kept_indices: list[int] = field(default_factory=list)  # context tokens in the decoding cache
-
-
-@dataclass
-class _Request:
-    method: Method
-    source: DocumentSource
-    layout: Layout
-    context_ids: torch.Tensor  # [N]
-    question_ids: torch.Tensor  # [|Q|], the answer prefix included
-    neutral_ids: torch.Tensor  # the neutral probe question, with the same answer prefix
-
-
-@dataclass
-class _Built:
-    cache: KVCache
-    meter: KVMeter
-    keep: torch.Tensor  # [K] context indices kept
-    recomputed: int
-    stats: dict[str, Any] = field(default_factory=dict)
-
-
-class GenerationStream:
-    """Iterates over the answer's text pieces as they are decoded; `stats` is set at the end."""
-
-    def __init__(
-        self,
-        engine: Engine,
-        request: _Request,
-        max_new_tokens: int,
-        sampler: Sampler,
-        score_answer_ids: torch.Tensor | None = None,
-    ) -> None:
-        self._engine = engine
-        self._request = request
-        self._max_new_tokens = max_new_tokens
-        self._sampler = sampler
-        self._score_answer_ids = score_answer_ids
-        self.token_ids: list[int] = []
-        self.text = ""
-        self.stats: dict[str, Any] | None = None
-        self.answer_logprob: float | None = None
-        self.kept_indices: list[int] = []
-
-    def __iter__(self) -> Iterator[str]:
-        engine, request = self._engine, self._request
-        started = time.perf_counter()
-        scored = 0 if self._score_answer_ids is None else self._score_answer_ids.numel()
-        built = engine._build(request, extra=request.question_ids.numel() + max(self._max_new_tokens, scored))
-        self.kept_indices = built.keep.tolist()
-        ops, cache = engine.ops, built.cache
-        assembled_length = cache.length
-        start = request.layout.question_start
-        q_len = int(request.question_ids.numel())
-        logits = forward_tokens(ops, cache, request.question_ids, start + torch.arange(q_len))
-        decode_bytes = cache.used_bytes
-        token = self._sampler(logits)
-        first_token_at = time.perf_counter()
-        pieces = TextPieces(engine.tokenizer)
-        position = start + q_len
-        with torch.inference_mode():
-            while token not in engine.stop_ids:
-                self.token_ids.append(token)
-                piece = pieces.push(token)
-                if piece:
-                    self.text += piece
-                    yield piece
-                if len(self.token_ids) >= self._max_new_tokens:
-                    break
-                logits = forward_tokens(ops, cache, torch.tensor([token]), torch.tensor([position]))
-                position += 1
-                token = self._sampler(logits)
-        tail = pieces.flush()
-        if tail:
-            self.text += tail
-            yield tail
-        finished = time.perf_counter()
-        decode_s = finished - first_token_at
-        later_tokens = max(0, len(self.token_ids) - 1)
-        self.stats = {
-            "method": request.method.name,
-            "context_tokens": request.layout.context_len,
-            "kept_tokens": int(built.keep.numel()),
-            "recomputed_tokens": built.recomputed,
-            "keep_ratio": built.keep.numel() / request.layout.context_len if request.layout.context_len else 1.0,
-            "kv_bytes_decode": decode_bytes,
-            "kv_bytes_peak": built.meter.peak,
-            "ttft_ms": (first_token_at - started) * 1000,
-            "total_ms": (finished - started) * 1000,
-            "tokens_per_s": later_tokens / decode_s if later_tokens and decode_s > 0 else 0.0,
-            "generated_tokens": len(self.token_ids),
-            "documents": request.layout.num_docs,
-            **built.stats,
-        }
-        if self._score_answer_ids is not None:
-            # Scored after the clock stops, over the same assembled cache, so timing is unaffected.
-            cache.length = assembled_length
-            self.answer_logprob = _answer_logprob(ops, cache, request, self._score_answer_ids)
-
-
-def _answer_logprob(ops: ModelOps, cache: KVCache, request: _Request, answer_ids: torch.Tensor) -> float:
-    """Mean log-probability per token of answer_ids, teacher-forced after the question over `cache`."""
-    ids = torch.cat([request.question_ids, answer_ids])
-    positions = request.layout.question_start + torch.arange(ids.numel())
-    logits = forward_tokens(ops, cache, ids, positions, all_logits=True)
-    q_len = request.question_ids.numel()
-    predicted = torch.log_softmax(logits[q_len - 1 : -1], dim=-1)  # [|A|, vocab]
-    return float(predicted.gather(1, answer_ids.to(predicted.device)[:, None]).mean())
 
 
 class Engine:
@@ -182,7 +63,7 @@ class Engine:
         ).hexdigest()
         self.stop_ids = stop_token_ids(self.tokenizer, loaded.model.generation_config.eos_token_id)
         self.prefix_ids = self.prompt.prefix()
-        self.prefix = self._new_cache(self.prefix_len, KVMeter())
+        self.prefix = self.new_cache(self.prefix_len, KVMeter())
         forward_tokens(self.ops, self.prefix, self.prefix_ids, torch.arange(self.prefix_len))
         self.reuse_refusal: str | None = None
         if self_check:
@@ -217,10 +98,19 @@ class Engine:
         return self.ops.shape.max_positions
 
     def count_tokens(self, text: str) -> int:
-        """Tokens of `text` as a document chunk would have them."""
+        """Tokens of `text` alone (no special tokens). A stored chunk has more: `encode_documents`
+        appends the document separator, whose tokens this count leaves out."""
         return self.prompt.count(text)
 
-    def _new_cache(self, capacity: int, meter: KVMeter) -> KVCache:
+    def document_token_spans(self, text: str) -> list[tuple[int, int]]:
+        """The character span [start, end) in `text` of each token of the chunk as
+        `encode_documents` stores it, one per token, so that index t of a selection
+        (`Generation.kept_per_document`) is span t. The separator's tokens, which are not part
+        of `text`, get empty spans at the end of the text."""
+        return self.prompt.document_spans(text)
+
+    def new_cache(self, capacity: int, meter: KVMeter) -> KVCache:
+        """An empty KV cache of this model for `capacity` tokens, counted by `meter`."""
         shape = self.ops.shape
         return KVCache(shape.num_layers, shape.num_kv_heads, shape.head_dim, capacity, self.dtype, self.device, meter)
 
@@ -290,13 +180,15 @@ class Engine:
 
     # ----- requests ---------------------------------------------------------------------------
 
-    def _request(
-        self, question: str, documents: Documents, method: str, params: dict[str, Any], extra: int,
-        answer_prefix: str = "",
-    ) -> _Request:
+    def request(
+        self, question: str, documents: Documents, method: str = "samkv", params: dict[str, Any] | None = None,
+        answer_prefix: str = "", extra: int = 0,
+    ) -> Request:
+        """Checks a question over `documents` for `method` with `params`; `extra` positions are
+        reserved after the question (tokens to generate or score). Raises before any work."""
         if not isinstance(question, str) or not question.strip():
             raise InvalidRequest("the question is empty")
-        method_obj = make_method(method, **params)
+        method_obj = make_method(method, **(params or {}))
         if method_obj.name != "full" and self.reuse_refusal:
             raise ReuseRefused(self.reuse_refusal)
         source = documents if isinstance(documents, DocumentSource) else InMemorySource(documents)
@@ -319,55 +211,31 @@ class Engine:
                 f"model's context holds {self.max_context}; retrieve fewer or shorter documents"
             )
         context_ids = torch.cat([m.token_ids for m in metas]) if metas else torch.empty(0, dtype=torch.long)
-        neutral_ids = self.prompt.question(NEUTRAL_QUESTION, answer_prefix)
-        return _Request(method_obj, source, layout, context_ids, question_ids, neutral_ids)
+        return Request(method_obj, source, layout, context_ids, question_ids, answer_prefix)
 
-    def _probe(self, request: _Request, meter: KVMeter) -> ProbeFn:
-        def probe(layers: range, with_complement: bool, summary_window: int) -> ProbeScores:
-            source = request.source
-            if summary_window != self.summary_window:
-                source = _SummaryWindow(source, summary_window)
-            return run_probe(
-                self.ops, self.prefix, source, request.layout, request.question_ids,
-                request.neutral_ids, layers, meter, with_complement,
-            )
-
-        return probe
-
-    def _bridge_entities(self, request: _Request) -> torch.Tensor:
-        """Entity tokens of the context that the question does not itself name: a bridge is what
-        the kept text adds to the question; the question's own names are the question term's job,
-        and as anchors they match every other person sharing a first or last name."""
-        ids = request.context_ids
-        named = entity_tokens(self.tokenizer.convert_ids_to_tokens(ids.tolist()))
-        return named & ~torch.isin(ids, request.question_ids)
-
-    def _plan(self, request: _Request, meter: KVMeter) -> Plan:
+    def _plan(self, request: Request, source: DocumentSource, meter: KVMeter, clock: StageClock) -> Plan:
         context = PlanContext(
-            request.layout, self.ops.shape.num_layers, self._probe(request, meter),
-            reprobe=lambda kept, layers: reprobe_scores(
-                self.ops, self.prefix, request.source, request.layout, request.context_ids, kept,
-                request.question_ids, layers, meter,
-            ),
-            entity_match=lambda kept, layers, threshold, max_contexts: entity_match_scores(
-                request.source, request.layout, kept, self._bridge_entities(request), layers,
-                threshold, max_contexts,
-            ),
+            self.ops, self.prefix, source, request.layout, request.context_ids, request.question_ids,
+            self.prompt, request.answer_prefix, meter, clock,
         )
-        return request.method.plan(context)
+        with clock.stage("select"):
+            return request.method.plan(context)
 
-    def _build(self, request: _Request, extra: int) -> _Built:
-        """Runs the method: the decoding cache [P ; kept context] with room for `extra` tokens."""
-        meter = KVMeter()
-        started = time.perf_counter()
-        plan = self._plan(request, meter)
-        planned = time.perf_counter()
-        cache = self._new_cache(self.prefix_len + int(plan.keep.numel()) + extra, meter)
-        recomputed = assemble(
-            self.ops, self.prefix, request.source, request.layout, request.context_ids, plan, cache, meter
-        )
-        stats = {"select_ms": (planned - started) * 1000, "assemble_ms": (time.perf_counter() - planned) * 1000}
-        return _Built(cache, meter, plan.keep, recomputed, stats)
+    def prepare(self, request: Request, extra: int) -> Prepared:
+        """Runs the method: the decoding cache [P ; kept context] with room for `extra` tokens.
+
+        Stored KV reads are timed as "load", the method's looking as "probe", the rest of its
+        decision as "select", and the assembly with its recomputation as "assemble".
+        """
+        meter, clock = KVMeter(), StageClock()
+        source = TimedSource(request.source, clock)
+        plan = self._plan(request, source, meter, clock)
+        with clock.stage("assemble"):
+            cache = self.new_cache(self.prefix_len + int(plan.keep.numel()) + extra, meter)
+            recomputed = assemble(
+                self.ops, self.prefix, source, request.layout, request.context_ids, plan, cache, meter
+            )
+        return Prepared(request, cache, meter, clock, plan.keep, recomputed)
 
     def stream(
         self,
@@ -400,34 +268,26 @@ class Engine:
             if answer_ids.numel() == 0:
                 raise InvalidRequest("the answer to score is empty")
         extra = max(max_new_tokens, 0 if answer_ids is None else answer_ids.numel())
-        request = self._request(question, documents, method, params, extra=extra, answer_prefix=answer_prefix)
-        return GenerationStream(self, request, max_new_tokens, sampler, answer_ids)
+        request = self.request(question, documents, method, params, answer_prefix, extra)
+        return GenerationStream(Answering(self, request, max_new_tokens, sampler, answer_ids))
 
     def generate(self, question: str, documents: Documents = (), method: str = "samkv", **kwargs: Any) -> Generation:
         """Answers `question` from `documents`; same arguments as `stream`."""
-        stream = self.stream(question, documents, method, **kwargs)
-        for _ in stream:
-            pass
-        assert stream.stats is not None
-        return Generation(stream.text, stream.token_ids, stream.stats, stream.answer_logprob, stream.kept_indices)
+        return self.stream(question, documents, method, **kwargs).result()
 
     def select(
         self, question: str, documents: Documents = (), method: str = "samkv", answer_prefix: str = "", **params: Any
     ) -> torch.Tensor:
         """Sorted context indices [K] that `method` keeps for `question`, without assembling or decoding."""
-        request = self._request(question, documents, method, params, extra=0, answer_prefix=answer_prefix)
-        return self._plan(request, KVMeter()).keep
+        request = self.request(question, documents, method, params, answer_prefix)
+        clock = StageClock()
+        return self._plan(request, TimedSource(request.source, clock), KVMeter(), clock).keep
 
-    @torch.inference_mode()
     def question_logits(self, question: str, documents: Documents = (), method: str = "samkv", **params: Any) -> torch.Tensor:
         """Logits [vocab] of the first answer token: what the identity checks compare."""
-        request = self._request(question, documents, method, params, extra=0)
-        built = self._build(request, extra=request.question_ids.numel())
-        q_len = request.question_ids.numel()
-        positions = request.layout.question_start + torch.arange(q_len)
-        return forward_tokens(self.ops, built.cache, request.question_ids, positions)[0]
+        request = self.request(question, documents, method, params)
+        return prefill(self.ops, self.prepare(request, extra=request.question_ids.numel()))[0]
 
-    @torch.inference_mode()
     def answer_logprob(
         self, question: str, documents: Documents, answer: str, method: str = "samkv", **params: Any
     ) -> float:
@@ -435,9 +295,9 @@ class Engine:
         answer_ids = self.prompt.answer(answer)
         if answer_ids.numel() == 0:
             raise InvalidRequest("the answer is empty")
-        request = self._request(question, documents, method, params, extra=answer_ids.numel())
-        built = self._build(request, extra=request.question_ids.numel() + answer_ids.numel())
-        return _answer_logprob(self.ops, built.cache, request, answer_ids)
+        request = self.request(question, documents, method, params, extra=answer_ids.numel())
+        prepared = self.prepare(request, extra=request.question_ids.numel() + answer_ids.numel())
+        return score(self.ops, prepared.cache, request, answer_ids)
 
     # ----- self-check -------------------------------------------------------------------------
 
@@ -462,21 +322,3 @@ class Engine:
         else:
             logger.info("reuse self-check passed (relative logit difference %.2e)", difference)
         return difference
-
-
-class _SummaryWindow:
-    """A source whose summary queries are cut to the last `window` rows."""
-
-    def __init__(self, source: DocumentSource, window: int) -> None:
-        self._source = source
-        self._window = window
-
-    @property
-    def documents(self):
-        return self._source.documents
-
-    def read_layer(self, layer: int):
-        return [
-            type(part)(part.keys, part.values, part.summary_queries[:, -self._window :])
-            for part in self._source.read_layer(layer)
-        ]

@@ -1,4 +1,4 @@
-"""Forward passes of new tokens over a KV cache: prefix, documents, full prefill, question, decoding."""
+"""Forward passes of new tokens over a KV cache: the shared prefix, the question, each decoded token."""
 
 from __future__ import annotations
 

@@ -11,7 +11,6 @@ from transformers import PreTrainedTokenizerBase
 SYSTEM_MESSAGE = (
     "You answer questions using the documents given. Answer with a short phrase taken from them."
 )
-NEUTRAL_QUESTION = "What do the documents say?"
 _DOCS = "\x00DOCUMENTS\x00"
 _QUESTION = "\x00QUESTION\x00"
 _USER_MESSAGE = f"Documents:\n{_DOCS}Question: {_QUESTION}"
@@ -82,7 +81,19 @@ class PromptTokenizer:
         return ids
 
     def document(self, text: str) -> torch.Tensor:
+        """A chunk's tokens: its text, stripped, then the document separator."""
         return self._ids(text.strip() + self.template.document_separator)
+
+    def document_spans(self, text: str) -> list[tuple[int, int]]:
+        """[start, end) in `text` of each token of `document(text)`; the separator's tokens, which
+        are not part of `text`, get empty spans at the end of the stripped text."""
+        body = text.strip()
+        lead = len(text) - len(text.lstrip())
+        encoded = self.tokenizer(
+            body + self.template.document_separator, add_special_tokens=False, return_offsets_mapping=True
+        )
+        end = len(body)
+        return [(lead + min(start, end), lead + min(stop, end)) for start, stop in encoded["offset_mapping"]]
 
     def question(self, text: str, answer_prefix: str = "") -> torch.Tensor:
         """Q: the question in its turn, then the start of the answer turn and `answer_prefix`."""
@@ -93,4 +104,5 @@ class PromptTokenizer:
         return self._ids(text)
 
     def count(self, text: str) -> int:
+        """Tokens of `text` alone, without special tokens or the document separator."""
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])

@@ -3,41 +3,51 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 
 from samkv.assembly import Plan
+from samkv.cache import KVCache, KVMeter
+from samkv.document import DocumentSource
 from samkv.errors import InvalidRequest
+from samkv.layers import ModelOps
 from samkv.layout import Layout
-from samkv.probe import ProbeScores
-
-# (layers to average over, with the complement term, summary window w) -> scores
-ProbeFn = Callable[[range, bool, int], ProbeScores]
-# (first-stage kept context indices, layers to average over) -> second-stage scores [N]
-StageFn = Callable[[torch.Tensor, range], torch.Tensor]
-# (anchor context indices, layers, similarity threshold, most contexts a bridge occurs in) -> [N]
-MatchFn = Callable[[torch.Tensor, range, float, int], torch.Tensor]
+from samkv.prompt import PromptTokenizer
+from samkv.stages import StageClock
 
 
 @dataclass(frozen=True)
 class PlanContext:
-    """What a method may look at to decide: the layout, the model's depth, and the probes it may run."""
+    """The request as a method may read it to decide; a method builds its own evidence from it.
 
+    `source` reads the stored KV one layer at a time (reads are timed as "load"); `meter`
+    counts the KV bytes a method holds while it looks; `clock.stage("probe")` times the looking.
+    """
+
+    ops: ModelOps
+    prefix: KVCache  # the shared prefix P, computed once by the engine
+    source: DocumentSource
     layout: Layout
-    num_layers: int
-    probe: ProbeFn
-    reprobe: StageFn  # the question over the first stage's compact cache
-    entity_match: MatchFn  # key similarity to the bridge entities among the anchors
+    context_ids: torch.Tensor  # [N] the documents' token ids, in prompt order
+    question_ids: torch.Tensor  # [|Q|] the question turn, the answer prefix included
+    prompt: PromptTokenizer  # to tokenize other questions the way Q is tokenized
+    answer_prefix: str
+    meter: KVMeter
+    clock: StageClock
+
+    @property
+    def num_layers(self) -> int:
+        return self.ops.shape.num_layers
 
 
 class Method(ABC):
     """A way of turning stored document caches into a decoding cache."""
 
     name: ClassVar[str]
-    sparse: ClassVar[bool] = False  # keeps fewer tokens than the context has
+    sparse: ClassVar[bool] = False  # decodes from a cache smaller than the context
+    recomputes: ClassVar[bool] = False  # recomputes some context tokens' KV over the other documents
 
     @abstractmethod
     def plan(self, context: PlanContext) -> Plan:
@@ -51,6 +61,7 @@ def require(condition: bool, message: str) -> None:
 
 
 def check_ratio(name: str, value: float) -> None:
+    """Raises InvalidRequest unless `value` is in (0, 1]."""
     require(isinstance(value, (int, float)) and 0.0 < value <= 1.0, f"{name} must be in (0, 1], got {value!r}")
 
 
@@ -64,4 +75,5 @@ def check_layer_band(layers: tuple[int, int] | None, num_layers: int) -> range:
 
 
 def nothing() -> torch.Tensor:
+    """No context index: the plan of a method that recomputes nothing."""
     return torch.empty(0, dtype=torch.long)

@@ -19,6 +19,7 @@ from samkv.selection import budget_of
 @dataclass(frozen=True)
 class CacheBlend(Method):
     name = "cacheblend"
+    recomputes = True
     recompute_ratio: float = 0.15
     check_layer: int = 1
 

@@ -13,6 +13,7 @@ from samkv.methods.base import Method, PlanContext, require
 @dataclass(frozen=True)
 class Epic(Method):
     name = "epic"
+    recomputes = True
     k: int = 16
 
     def __post_init__(self) -> None:

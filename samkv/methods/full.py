@@ -11,6 +11,7 @@ from samkv.methods.base import Method, PlanContext
 @dataclass(frozen=True)
 class Full(Method):
     name = "full"
+    recomputes = True
 
     def plan(self, context: PlanContext) -> Plan:
         every = context.layout.all_tokens()

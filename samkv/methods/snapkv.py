@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from samkv.assembly import Plan
 from samkv.methods.base import Method, PlanContext, check_layer_band, check_ratio, nothing, require
+from samkv.methods.samkv.probe import run_probe
 from samkv.selection import max_pool_within_documents, select_blocks
 
 
@@ -27,7 +28,8 @@ class SnapKV(Method):
 
     def plan(self, context: PlanContext) -> Plan:
         band = check_layer_band(self.layers, context.num_layers)
-        scores = context.probe(band, False, 1).question_local
+        with context.clock.stage("probe"):
+            scores = run_probe(context, band, False, 1).question_local
         scores = max_pool_within_documents(scores, context.layout, self.pool_width)
         keep = select_blocks(scores, context.layout, self.keep_ratio, 1, 1, global_budget=False)
         return Plan(keep=keep, recompute=nothing())

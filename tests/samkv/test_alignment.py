@@ -15,7 +15,7 @@ from tests.conftest import DOCUMENTS
 def _full_prefill_keys(engine, docs):
     """Per-layer rotated keys and values of a full prefill of [P ; D_1 … D_n]."""
     ids = torch.cat([d.token_ids for d in docs])
-    cache = engine._new_cache(engine.prefix_len + ids.numel(), KVMeter())
+    cache = engine.new_cache(engine.prefix_len + ids.numel(), KVMeter())
     for layer in range(engine.ops.shape.num_layers):
         cache.write_layer(layer, 0, *engine.prefix.layer(layer))
     cache.length = engine.prefix_len

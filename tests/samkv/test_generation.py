@@ -11,6 +11,7 @@ from tests.conftest import DOCUMENTS
 STAT_KEYS = {
     "method", "context_tokens", "kept_tokens", "recomputed_tokens", "keep_ratio", "kv_bytes_decode",
     "kv_bytes_peak", "ttft_ms", "total_ms", "tokens_per_s",
+    "load_ms", "probe_ms", "select_ms", "assemble_ms", "prefill_ms",
 }
 
 
@@ -28,6 +29,11 @@ def test_greedy_is_deterministic_and_streaming_matches(tiny_engine, method):
     assert STAT_KEYS <= set(stream.stats)
     assert stream.stats["method"] == method
     assert stream.stats["context_tokens"] == sum(d.length for d in docs)
+    # Each stage is charged only where it runs: only the methods that look before choosing probe,
+    # and a full prefill reads no stored KV.
+    assert (stream.stats["probe_ms"] > 0) == (method in ("snapkv", "samkv"))
+    assert (stream.stats["load_ms"] > 0) == (method != "full")
+    assert stream.stats["prefill_ms"] > 0 and stream.stats["assemble_ms"] > 0
 
 
 def test_embedded_model_answers_a_lookup(embedded_engine):

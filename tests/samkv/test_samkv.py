@@ -10,20 +10,37 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from samkv.assembly import align_layer
-from samkv.complement import entity_match_scores, entity_tokens
 from samkv.errors import InvalidRequest
 from samkv.layout import Layout
-from samkv.methods import PlanContext, make_method
-from samkv.probe import ProbeScores
+from samkv.methods import make_method
+from samkv.methods.samkv.entity import entity_match_scores, entity_tokens
+from samkv.methods.samkv.probe import ProbeScores
 from samkv.selection import select_blocks
 from tests.conftest import DOCUMENTS
 
 QUESTION = "What is the vault code at the Oriel bank?"
 
 
-def _build(engine, docs, question=QUESTION, **params):
-    request = engine._request(question, docs, "samkv", params, extra=0)
-    return request, engine._build(request, extra=0)
+def _prepare(engine, docs, question=QUESTION, **params):
+    request = engine.request(question, docs, "samkv", params)
+    return request, engine.prepare(request, extra=0)
+
+
+class ConstructedEvidence:
+    """What the probes would see, given directly: question scores, and fixed second-stage scores."""
+
+    def __init__(self, question: torch.Tensor, match: torch.Tensor) -> None:
+        self.question, self.match = question, match
+
+    def probe(self, layers, with_complement, summary_window):
+        zeros = torch.zeros_like(self.question)
+        return ProbeScores(self.question, zeros, zeros, zeros)
+
+    def reprobe(self, kept, layers):
+        return torch.zeros_like(self.question)
+
+    def entity_match(self, anchors, layers, threshold, max_contexts):
+        return self.match
 
 
 @settings(max_examples=200, deadline=None)
@@ -61,7 +78,7 @@ def test_engine_keeps_budget_floor_and_whole_prefix(tiny_engine):
     n_tokens = sum(d.length for d in docs)
     for ratio in (0.05, 0.15, 0.4, 1.0):
         for global_budget in (True, False):
-            request, built = _build(engine, docs, keep_ratio=ratio, global_budget=global_budget, block_size=4,
+            request, built = _prepare(engine, docs, keep_ratio=ratio, global_budget=global_budget, block_size=4,
                                     min_blocks_per_context=1)
             kept = built.keep
             assert set(torch.bincount(request.layout.doc_of[kept], minlength=len(docs)).tolist()) != {0}
@@ -79,8 +96,8 @@ def test_engine_keeps_budget_floor_and_whole_prefix(tiny_engine):
 def test_without_recompute_the_cache_holds_exactly_the_stored_kv(tiny_engine):
     engine = tiny_engine("llama")
     docs = engine.encode_documents(DOCUMENTS)
-    request, built = _build(engine, docs, keep_ratio=0.3, recompute=False, block_size=4)
-    assert built.recomputed == 0
+    request, built = _prepare(engine, docs, keep_ratio=0.3, recompute=False, block_size=4)
+    assert built.recomputed.numel() == 0
     P = engine.prefix_len
     for layer in range(engine.ops.shape.num_layers):
         aligned_keys, aligned_values = align_layer(
@@ -90,7 +107,7 @@ def test_without_recompute_the_cache_holds_exactly_the_stored_kv(tiny_engine):
         assert torch.equal(keys[:, P:], aligned_keys[:, P + built.keep])
         assert torch.equal(values[:, P:], aligned_values[:, P + built.keep])
     # With recompute the same tokens get fresh KV that sees the other documents.
-    _, recomputed = _build(engine, docs, keep_ratio=0.3, recompute=True, block_size=4)
+    _, recomputed = _prepare(engine, docs, keep_ratio=0.3, recompute=True, block_size=4)
     assert torch.equal(recomputed.keep, built.keep)
     assert not torch.equal(recomputed.cache.layer(1)[0][:, P:], built.cache.layer(1)[0][:, P:])
 
@@ -108,14 +125,14 @@ def test_complementary_term_changes_what_the_bridged_document_keeps(embedded_eng
     question = "In which town was the composer of the Harlow Suite born?"
     kept = {}
     for weight in (0.0, 1.0):
-        request, built = _build(
+        request, built = _prepare(
             embedded_engine, docs, question, keep_ratio=0.3, complement_mode="summary", complement_weight=weight,
             block_size=4,
         )
         kept[weight] = set(built.keep[request.layout.doc_of[built.keep] == 2].tolist())
     assert kept[0.0] != kept[1.0]
     # complement=False switches the term off whatever its weight.
-    request, built = _build(
+    request, built = _prepare(
         embedded_engine, docs, question, keep_ratio=0.3, complement_mode="summary", complement_weight=1.0,
         complement=False, block_size=4,
     )
@@ -139,11 +156,11 @@ def test_two_stage_complement_spends_the_same_budget_around_the_first_stage(tiny
     engine = tiny_engine("llama")
     docs = engine.encode_documents(DOCUMENTS)
     n_tokens = sum(d.length for d in docs)
-    _, alone = _build(engine, docs, keep_ratio=0.5 * 0.4, block_size=4)
-    _, both = _build(engine, docs, keep_ratio=0.4, complement_mode=mode, complement_weight=0.5, block_size=4)
+    _, alone = _prepare(engine, docs, keep_ratio=0.5 * 0.4, block_size=4)
+    _, both = _prepare(engine, docs, keep_ratio=0.4, complement_mode=mode, complement_weight=0.5, block_size=4)
     assert set(alone.keep.tolist()) < set(both.keep.tolist()), "the first stage's tokens stay"
     assert both.keep.numel() == math.ceil(0.4 * n_tokens)
-    assert both.recomputed == both.keep.numel()
+    assert torch.equal(both.recomputed, both.keep)
 
 
 def test_two_stage_share_must_leave_the_first_stage_something(tiny_engine):
@@ -165,14 +182,10 @@ def test_entity_second_stage_picks_the_mention_of_the_bridge_that_the_question_p
     question = torch.zeros(24)
     question[0:4], question[8:12], question[20:24] = 5.0, 1.5, 1.0
     match = (layout.doc_of == 2).float()
-    zeros = torch.zeros(24)
-    context = PlanContext(
-        layout, 2, lambda layers, summary, window: ProbeScores(question, zeros, zeros, zeros),
-        reprobe=lambda kept, layers: zeros, entity_match=lambda kept, layers, threshold, most: match,
-    )
     method = make_method("samkv", keep_ratio=8 / 24, complement_mode="entity", complement_weight=0.5,
                          block_size=4, min_budget_blocks_per_context=0)
-    assert method.plan(context).keep.tolist() == [0, 1, 2, 3, 20, 21, 22, 23]
+    plan = method.plan_over(ConstructedEvidence(question, match), layout, 2)
+    assert plan.keep.tolist() == [0, 1, 2, 3, 20, 21, 22, 23]
 
 
 def test_entity_tokens_are_capitalised_words_not_numbers(embedded_tokenizer):
@@ -189,7 +202,7 @@ def test_second_stage_reprobe_reaches_the_bridged_document(embedded_engine):
     question = "In which town was the composer of the Harlow Suite born?"
     kept = {}
     for weight in (0.0, 0.5):
-        request, built = _build(embedded_engine, docs, question, keep_ratio=0.3, block_size=4,
+        request, built = _prepare(embedded_engine, docs, question, keep_ratio=0.3, block_size=4,
                                 complement_mode="reprobe", complement_weight=weight)
         kept[weight] = set(built.keep[request.layout.doc_of[built.keep] == 2].tolist())
     assert kept[0.0] != kept[0.5]
@@ -199,7 +212,7 @@ def test_entity_matching_finds_the_same_name_in_another_document(embedded_engine
     texts = ["Our guide today is Edvin Marsk of the museum.", "Apples and pears grow in the orchard.",
              "Tomorrow the talk is given by Edvin Marsk again.", "Later Edvin Marsk closes the museum."]
     docs = embedded_engine.encode_documents(texts)
-    request = embedded_engine._request("Who is the guide?", docs, "samkv", {}, extra=0)
+    request = embedded_engine.request("Who is the guide?", docs)
     tokens = embedded_engine.tokenizer.convert_ids_to_tokens(request.context_ids.tolist())
     entities = entity_tokens(tokens)
     first = request.layout.doc_of == 0
@@ -221,7 +234,7 @@ def test_entity_stage_brings_the_sentence_naming_the_bridge_in_the_answers_docum
     question = "In which town was the composer of the Harlow Suite born?"
     kept_text = {}
     for complement in (True, False):
-        request, built = _build(embedded_engine, docs, question, keep_ratio=0.4, block_size=8, complement=complement)
+        request, built = _prepare(embedded_engine, docs, question, keep_ratio=0.4, block_size=8, complement=complement)
         in_answer_doc = built.keep[request.layout.doc_of[built.keep] == 2]
         kept_text[complement] = embedded_engine.tokenizer.decode(request.context_ids[in_answer_doc].tolist())
     assert "Tolvik" in kept_text[False] and "Marsk" not in kept_text[False]
@@ -231,11 +244,7 @@ def test_entity_stage_brings_the_sentence_naming_the_bridge_in_the_answers_docum
 def test_budget_holds_a_block_per_context_when_the_contexts_are_short():
     """Two contexts of 20 tokens: ρN = 6 tokens cannot hold a sentence; B is raised to two blocks."""
     layout = Layout.of(3, [20, 20])
-    question = torch.arange(40, dtype=torch.float32)
-    zeros = torch.zeros(40)
-    context = PlanContext(
-        layout, 2, lambda layers, summary, window: ProbeScores(question, zeros, zeros, zeros),
-        reprobe=lambda kept, layers: zeros, entity_match=lambda kept, layers, threshold, most: zeros,
-    )
-    assert make_method("samkv", keep_ratio=0.15).plan(context).keep.numel() == 32
-    assert make_method("samkv", keep_ratio=0.15, min_budget_blocks_per_context=0).plan(context).keep.numel() == 6
+    evidence = ConstructedEvidence(torch.arange(40, dtype=torch.float32), torch.zeros(40))
+    assert make_method("samkv", keep_ratio=0.15).plan_over(evidence, layout, 2).keep.numel() == 32
+    floorless = make_method("samkv", keep_ratio=0.15, min_budget_blocks_per_context=0)
+    assert floorless.plan_over(evidence, layout, 2).keep.numel() == 6

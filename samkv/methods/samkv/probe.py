@@ -1,8 +1,9 @@
-"""The probe: how much the question (and a neutral question) attend to each stored context token.
+"""SamKV's probe: how much the question (and a neutral question) attend to each stored context token.
 
 The probe tokens are prefilled layer by layer over the aligned, not yet recomputed KV of
 [P ; D_1 … D_n]. Both probes run in one pass, side by side at the same positions, each blind
-to the other. The same pass scores every context token by the other contexts' summary queries.
+to the other. The same pass can score every context token by the other contexts' summary
+queries (the last `summary_window` queries stored with each document).
 """
 
 from __future__ import annotations
@@ -11,11 +12,13 @@ from dataclasses import dataclass
 
 import torch
 
-from samkv.assembly import align_layer
-from samkv.cache import KVCache, KVMeter
-from samkv.document import DocumentSource
 from samkv.layers import ModelOps
 from samkv.layout import Layout
+from samkv.methods.base import PlanContext
+from samkv.methods.observe import observe
+
+# What the question term is measured against: attention that any question would pay.
+NEUTRAL_QUESTION = "What do the documents say?"
 
 
 @dataclass(frozen=True)
@@ -55,54 +58,36 @@ def _summary_attention(
 
 
 @torch.inference_mode()
-def run_probe(
-    ops: ModelOps,
-    prefix: KVCache,
-    source: DocumentSource,
-    layout: Layout,
-    question_ids: torch.Tensor,
-    neutral_ids: torch.Tensor,
-    layers: range,
-    meter: KVMeter,
-    with_complement: bool,
-) -> ProbeScores:
+def run_probe(context: PlanContext, layers: range, with_complement: bool, summary_window: int) -> ProbeScores:
     """Runs both probes over the stored contexts and returns the scores averaged over `layers`."""
+    ops, layout = context.ops, context.layout
+    question_ids = context.question_ids
+    neutral_ids = context.prompt.question(NEUTRAL_QUESTION, context.answer_prefix)
     P, N = layout.prefix_len, layout.context_len
     tq, tn = int(question_ids.shape[0]), int(neutral_ids.shape[0])
     start = layout.question_start
     ids = torch.cat([question_ids, neutral_ids])
-    positions = torch.cat([start + torch.arange(tq), start + torch.arange(tn)]).to(ops.device)
+    positions = torch.cat([start + torch.arange(tq), start + torch.arange(tn)])
     probe_of = torch.cat([torch.zeros(tq, dtype=torch.long), torch.ones(tn, dtype=torch.long)])
     own = (probe_of[:, None] == probe_of[None, :]) & torch.ones(tq + tn, tq + tn, dtype=torch.bool).tril()
-    mask = torch.cat([torch.ones(tq + tn, P + N, dtype=torch.bool), own], dim=1).to(ops.device)
+    mask = torch.cat([torch.ones(tq + tn, P + N, dtype=torch.bool), own], dim=1)
     doc_of = layout.doc_of.to(ops.device)
     totals = {name: torch.zeros(N, device=ops.device) for name in ("question", "neutral", "local")}
     complement = torch.zeros(N)
-    group = ops.shape.num_heads // ops.shape.num_kv_heads
-    hidden = ops.embed(ids)
-    # Layers past the band cannot change the scores: the probe stops at the band's last layer.
-    for layer in range(max(layers, default=-1) + 1):
-        parts = source.read_layer(layer)
-        keys, values = align_layer(ops, prefix, parts, layout, layer, extra=tq + tn)
-        meter.hold(keys, values)
-        q, k, v = ops.qkv(layer, hidden)
-        keys[:, P + N :], values[:, P + N :] = ops.rope(k, positions), v
-        probs = ops.attention_probs(ops.rope(q, positions), keys, mask)  # [H, T, P+N+T]
-        if layer in layers and N:
-            context = probs[:, :, P : P + N]  # [H, T, N]
-            joint = (context / context.sum(-1, keepdim=True).clamp_min(1e-30)).mean(0)  # [T, N]
-            totals["question"] += joint[:tq].mean(0)
-            totals["neutral"] += joint[tq:].mean(0)
-            per_doc = torch.zeros(*context.shape[:2], layout.num_docs, device=ops.device)
-            per_doc.index_add_(2, doc_of, context)
-            local = context / per_doc[:, :, doc_of].clamp_min(1e-30)
-            totals["local"] += local[:, :tq].mean((0, 1))
-            if with_complement:
-                summaries = [part.summary_queries for part in parts]
-                complement += _summary_attention(ops, layout, keys, summaries)
-        out = torch.matmul(probs.to(ops.dtype), values.repeat_interleave(group, dim=0))  # [H, T, d]
-        hidden = ops.finish(layer, hidden, out.transpose(0, 1).reshape(tq + tn, -1))
-        meter.release(keys, values)
+    for seen in observe(context, ids, positions, mask, max(layers, default=-1)):
+        if seen.layer not in layers or not N:
+            continue
+        context_probs = seen.probs[:, :, P : P + N]  # [H, T, N]
+        joint = (context_probs / context_probs.sum(-1, keepdim=True).clamp_min(1e-30)).mean(0)  # [T, N]
+        totals["question"] += joint[:tq].mean(0)
+        totals["neutral"] += joint[tq:].mean(0)
+        per_doc = torch.zeros(*context_probs.shape[:2], layout.num_docs, device=ops.device)
+        per_doc.index_add_(2, doc_of, context_probs)
+        local = context_probs / per_doc[:, :, doc_of].clamp_min(1e-30)
+        totals["local"] += local[:, :tq].mean((0, 1))
+        if with_complement:
+            summaries = [part.summary_queries[:, -summary_window:] for part in seen.parts]
+            complement += _summary_attention(ops, layout, seen.keys, summaries)
     count = max(1, len(layers))  # the band is validated against the model's depth
     return ProbeScores(
         question=totals["question"].cpu() / count,
@@ -110,4 +95,3 @@ def run_probe(
         question_local=totals["local"].cpu() / count,
         complement=complement / count,
     )
-

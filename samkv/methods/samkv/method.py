@@ -1,4 +1,4 @@
-"""`samkv`: complementary sparse selection over all contexts, then local recomputation (SAMKV.md)."""
+"""`samkv`: complementary sparse selection over all contexts, then local recomputation (docs/METHOD.md)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import torch
 from samkv.assembly import Plan
 from samkv.layout import Layout
 from samkv.methods.base import Method, PlanContext, check_layer_band, check_ratio, nothing, require
+from samkv.methods.samkv.evidence import Evidence, StoredEvidence
 from samkv.selection import block_index, block_max, max_pool_within_documents, select_blocks, zscore
 
 COMPLEMENT_MODES = ("summary", "reprobe", "entity")
@@ -28,12 +29,13 @@ class SamKV(Method):
       occur in at most `bridge_contexts` other contexts are the bridges; the second stage fills B
       with the blocks scoring highest on max z(match to a bridge) + max s within the block;
     - "reprobe": the same two stages, the second scored by the question re-probed over the
-      first stage's cache (samkv.complement);
+      first stage's cache (samkv.methods.samkv.reprobe);
     - "summary": s + λ·z(c), `c` the attention of the other contexts' summary queries.
     """
 
     name = "samkv"
     sparse = True
+    recomputes = True
     keep_ratio: float = 0.15
     complement: bool = True
     complement_weight: float = 0.3
@@ -86,26 +88,30 @@ class SamKV(Method):
         return self.complement and self.complement_weight > 0
 
     def plan(self, context: PlanContext) -> Plan:
+        return self.plan_over(StoredEvidence(context), context.layout, context.num_layers)
+
+    def plan_over(self, evidence: Evidence, layout: Layout, num_layers: int) -> Plan:
+        """The plan, given what the probes see: the selection alone, without the model."""
         # The last layers add little to where the question looks and cost a fifth of the probe
         # (measured: answer recall equal or better without them).
-        default_band = (0, max(1, math.ceil(self.probe_depth * context.num_layers)))
-        band = check_layer_band(self.layers or default_band, context.num_layers)
+        default_band = (0, max(1, math.ceil(self.probe_depth * num_layers)))
+        band = check_layer_band(self.layers or default_band, num_layers)
         summary = self.uses_complement and self.complement_mode == "summary"
-        probe = context.probe(band, summary, self.summary_window)
+        probe = evidence.probe(band, summary, self.summary_window)
         scores = zscore(self._question_term(probe.question, probe.neutral))
         if summary:
             scores = scores + self.complement_weight * zscore(probe.complement)
-        two_stage = self.uses_complement and not summary and context.layout.context_len > 0
-        ratio = self._ratio(context.layout)
+        two_stage = self.uses_complement and not summary and layout.context_len > 0
+        ratio = self._ratio(layout)
         first_ratio = ratio * (1 - self.complement_weight) if two_stage else ratio
-        keep = self._select(scores, context, first_ratio)
+        keep = self._select(scores, layout, first_ratio)
         if two_stage:
             if self.complement_mode == "reprobe":
-                second = zscore(context.reprobe(keep, band))
+                second = zscore(evidence.reprobe(keep, band))
             else:
-                second = self._bridge_scores(scores, keep, context)
+                second = self._bridge_scores(scores, keep, evidence, layout, num_layers)
             second[keep] = float("inf")  # the first stage's tokens stay; B is filled around them
-            keep = self._select(second, context, ratio)
+            keep = self._select(second, layout, ratio)
         return Plan(keep=keep, recompute=keep if self.recompute else nothing())
 
     def _ratio(self, layout: Layout) -> float:
@@ -117,9 +123,11 @@ class SamKV(Method):
         floor = self.min_budget_blocks_per_context * self.block_size * layout.num_docs / layout.context_len
         return max(self.keep_ratio, min(1.0, floor))
 
-    def _bridge_scores(self, scores: torch.Tensor, first: torch.Tensor, context: PlanContext) -> torch.Tensor:
+    def _bridge_scores(
+        self, scores: torch.Tensor, first: torch.Tensor, evidence: Evidence, layout: Layout, num_layers: int
+    ) -> torch.Tensor:
         """Second-stage scores of "entity" mode, given the first stage's kept tokens."""
-        block_of = block_index(context.layout, self.block_size)
+        block_of = block_index(layout, self.block_size)
         strength = block_max(scores, block_of)
         # Bridges come from where the question looks hardest: the names in the weaker kept blocks
         # are mostly other people's, and following them spends the budget on distractors.
@@ -127,9 +135,9 @@ class SamKV(Method):
         block_strength = torch.zeros(int(block_of.max()) + 1).index_copy_(0, block_of, strength)
         best = kept_blocks[torch.argsort(block_strength[kept_blocks], descending=True)][: self.bridge_blocks]
         anchors = first[torch.isin(block_of[first], best)]
-        match_band = (0, min(2, context.num_layers)) if self.match_layers is None else self.match_layers
-        match = context.entity_match(
-            anchors, check_layer_band(match_band, context.num_layers), self.match_threshold, self.bridge_contexts,
+        match_band = (0, min(2, num_layers)) if self.match_layers is None else self.match_layers
+        match = evidence.entity_match(
+            anchors, check_layer_band(match_band, num_layers), self.match_threshold, self.bridge_contexts,
         )
         # Summed per block, not per token: the bridge's name and what the question asks about it
         # are different tokens of the same sentence. s breaks ties inside the block that overflows B.
@@ -145,9 +153,17 @@ class SamKV(Method):
         floor = self.debias_smoothing / max(1, question.numel())
         return torch.log(question + floor) - torch.log(neutral + floor)
 
-    def _select(self, scores: torch.Tensor, context: PlanContext, ratio: float) -> torch.Tensor:
-        scores = max_pool_within_documents(scores, context.layout, self.pool_width)
+    def _select(self, scores: torch.Tensor, layout: Layout, ratio: float) -> torch.Tensor:
+        scores = max_pool_within_documents(scores, layout, self.pool_width)
         return select_blocks(
-            scores, context.layout, ratio, self.block_size, self.min_blocks_per_context, self.global_budget,
+            scores, layout, ratio, self.block_size, self.min_blocks_per_context, self.global_budget,
         )
 
+
+
+@dataclass(frozen=True)
+class SamKVQuestion(SamKV):
+    """`samkv-question`: the question term alone, the complementary term off (`samkv` with complement=False)."""
+
+    name = "samkv-question"
+    complement: bool = False

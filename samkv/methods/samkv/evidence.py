@@ -1,0 +1,55 @@
+"""What SamKV looks at to decide, read from the stored KV of one request.
+
+The selection (samkv.methods.samkv.method) sees only this interface, so it can be driven by
+constructed scores in tests and by the stored caches in the engine.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+
+from samkv.methods.base import PlanContext
+from samkv.methods.samkv.entity import bridge_entities, entity_match_scores
+from samkv.methods.samkv.probe import ProbeScores, run_probe
+from samkv.methods.samkv.reprobe import reprobe_scores
+
+
+class Evidence(Protocol):
+    """The three looks SamKV may take at the contexts."""
+
+    def probe(self, layers: range, with_complement: bool, summary_window: int) -> ProbeScores:
+        """The question and neutral probes (and the summary term) averaged over `layers`."""
+        ...
+
+    def reprobe(self, kept: torch.Tensor, layers: range) -> torch.Tensor:
+        """[N] second-stage scores: the question over the first stage's compact cache."""
+        ...
+
+    def entity_match(self, anchors: torch.Tensor, layers: range, threshold: float, max_contexts: int) -> torch.Tensor:
+        """[N] second-stage scores: key similarity to the bridge entities among `anchors`."""
+        ...
+
+
+class StoredEvidence:
+    """`Evidence` from a request's stored KV; every look is timed as the "probe" stage."""
+
+    def __init__(self, context: PlanContext) -> None:
+        self.context = context
+
+    def probe(self, layers: range, with_complement: bool, summary_window: int) -> ProbeScores:
+        with self.context.clock.stage("probe"):
+            return run_probe(self.context, layers, with_complement, summary_window)
+
+    def reprobe(self, kept: torch.Tensor, layers: range) -> torch.Tensor:
+        with self.context.clock.stage("probe"):
+            return reprobe_scores(self.context, kept, layers)
+
+    def entity_match(self, anchors: torch.Tensor, layers: range, threshold: float, max_contexts: int) -> torch.Tensor:
+        context = self.context
+        with context.clock.stage("probe"):
+            entities = bridge_entities(context.prompt.tokenizer, context.context_ids, context.question_ids)
+            return entity_match_scores(
+                context.source, context.layout, anchors, entities, layers, threshold, max_contexts
+            )
