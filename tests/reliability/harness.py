@@ -160,7 +160,7 @@ class ServerProcess:
     def client(self, **kwargs: Any) -> httpx.Client:
         """A client of the server that sends the API key."""
         return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {API_KEY}"},
-                            timeout=300, **kwargs)
+                            **({"timeout": 300} | kwargs))
 
 
 class RedisProcess:
