@@ -80,6 +80,34 @@ class Settings(BaseSettings):
         False, description="Ingest the bundled sample collection on start when no document is stored."
     )
 
+    # Shared state and replicas
+    database_url: str = Field(
+        "",
+        description="postgresql://user@host/db for documents, chunks and jobs shared by replicas; "
+        "empty for SQLite under the data dir (one process).",
+    )
+    worker: bool = Field(
+        True, description="`serve` also runs an ingestion worker; false for an API-only replica."
+    )
+    job_lease_s: float = Field(
+        30.0, gt=0, le=3600, description="A job whose worker stops renewing it is reclaimed after this."
+    )
+    job_heartbeat_s: float = Field(5.0, gt=0, le=600, description="How often a worker renews its lease.")
+    job_max_attempts: int = Field(3, ge=1, le=100, description="Claims before a job is failed.")
+    job_poll_s: float = Field(0.5, gt=0, le=60, description="How often an idle worker looks for jobs.")
+    index_poll_s: float = Field(
+        0.25, gt=0, le=60, description="How often the index applies other replicas' changes."
+    )
+
+    @model_validator(mode="after")
+    def _heartbeat_within_lease(self) -> Settings:
+        if self.job_heartbeat_s >= self.job_lease_s:
+            raise ValueError(
+                f"job_heartbeat_s ({self.job_heartbeat_s}) must be shorter than job_lease_s "
+                f"({self.job_lease_s})"
+            )
+        return self
+
     @field_validator("method")
     @classmethod
     def _known_method(cls, value: str) -> str:
