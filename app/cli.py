@@ -28,7 +28,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `samkv-rag` console script."""
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
-    if args.command in ("bench", "bench-store"):
+    if args.command in ("bench", "bench-store", "bench-load"):
         return _bench(args.command, extra)
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
@@ -91,6 +91,7 @@ def _parser() -> argparse.ArgumentParser:
     # The benchmark parses its own flags; they are handed over untouched.
     commands.add_parser("bench", help="answer-quality and latency benchmark", add_help=False)
     commands.add_parser("bench-store", help="KV store benchmark", add_help=False)
+    commands.add_parser("bench-load", help="service throughput under concurrent clients", add_help=False)
     return parser
 
 
@@ -127,6 +128,11 @@ def _bench(command: str, argv: list[str]) -> int:
     if command == "bench":
         bench.add_arguments(parser)
         return bench.run(parser.parse_args(argv)) or 0
+    if command == "bench-load":
+        from app.bench import load
+
+        load.add_arguments(parser)
+        return load.run(parser.parse_args(argv))
     bench.add_store_arguments(parser)
     return bench.run_store(parser.parse_args(argv)) or 0
 

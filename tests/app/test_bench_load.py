@@ -1,0 +1,68 @@
+"""`samkv-rag bench-load`: concurrent clients through the real server, back-pressure retries, ratios."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from app.bench.load import ask, ratios, report, run_level, summarise
+from tests.app.conftest import API_KEY, FACT_DOCUMENT, OTHER_DOCUMENTS
+
+pytestmark = pytest.mark.slow
+
+
+def test_concurrent_clients_are_all_answered_with_a_time_to_first_token(live_server, client):
+    documents = [{"id": f"load-doc-{i}", "text": text} for i, text in enumerate([FACT_DOCUMENT, *OTHER_DOCUMENTS])]
+    client.post("/v1/documents", params={"wait": "true"}, json={"documents": documents}).raise_for_status()
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    questions = ["What is the vault code at the Oriel bank?", "Who is the harbour master of Velmora?"]
+    rows = []
+    for method in ("full", "samkv"):
+        answers, wall = run_level(live_server, headers, questions, method, clients=3, per_client=2,
+                                  options={"top_k": 2, "max_new_tokens": 4})
+        assert [a.method for a in answers] == [method] * 6
+        assert all(a.ok and a.error == "" for a in answers), [a.error for a in answers]
+        assert all(0 < a.ttft_s <= a.total_s <= wall for a in answers)
+        row = summarise(answers, wall)
+        assert (row["questions"], row["answered"], row["failed"]) == (6, 6, 0)
+        assert row["questions_per_minute"] == pytest.approx(60 * 6 / wall)
+        assert row["ttft_p50_s"] <= row["ttft_p99_s"]
+        rows.append({"method": method, "clients": 3, **row})
+    table = report(rows, {"command": "samkv-rag bench-load"})
+    assert "| samkv | 3 |" in table and "questions/min ÷ full" in table
+
+
+def _sse(*events: tuple[str, str]) -> bytes:
+    return "".join(f"event: {name}\ndata: {data}\n\n" for name, data in events).encode()
+
+
+def test_refusals_are_retried_after_retry_after_and_counted():
+    replies = iter([
+        httpx.Response(503, headers={"Retry-After": "0"}, json={"error": {"message": "busy"}}),
+        httpx.Response(503, headers={"Retry-After": "0"}, json={"error": {"message": "busy"}}),
+        httpx.Response(200, content=_sse(("sources", "[]"), ("token", '{"text": "4471"}'), ("done", "{}"))),
+    ])
+    transport = httpx.MockTransport(lambda request: next(replies))
+    with httpx.Client(transport=transport, base_url="http://load.test") as client:
+        answer = ask(client, {"question": "q", "method": "samkv"}, clients=1)
+    assert answer.ok and answer.rejected == 2 and answer.ttft_s is not None
+
+
+def test_an_error_event_is_a_failed_answer_with_its_message():
+    reply = httpx.Response(200, content=_sse(("sources", "[]"), ("error", '{"message": "model fault"}')))
+    with httpx.Client(transport=httpx.MockTransport(lambda request: reply), base_url="http://load.test") as client:
+        answer = ask(client, {"question": "q", "method": "full"}, clients=1)
+    assert not answer.ok and "model fault" in answer.error and answer.ttft_s is None
+
+
+def test_throughput_ratios_pair_methods_at_the_same_client_count():
+    rows = [
+        {"method": "full", "clients": 1, "questions_per_minute": 2.0},
+        {"method": "samkv", "clients": 1, "questions_per_minute": 7.0},
+        {"method": "full", "clients": 4, "questions_per_minute": 4.0},
+        {"method": "samkv", "clients": 4, "questions_per_minute": 14.0},
+    ]
+    assert ratios(rows) == [
+        {"method": "samkv", "clients": 1, "throughput_vs_full": 3.5},
+        {"method": "samkv", "clients": 4, "throughput_vs_full": 3.5},
+    ]
