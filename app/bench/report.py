@@ -14,7 +14,7 @@ matplotlib.use("Agg")  # files only; no display on servers
 import matplotlib.pyplot as plt
 
 COLUMNS = [
-    ("label", "method", "{}"), ("exact_match", "EM", "{:.1f}"), ("contains_match", "contains", "{:.1f}"),
+    ("label", "method", "{}"), ("questions", "n", "{}"), ("exact_match", "EM", "{:.1f}"), ("contains_match", "contains", "{:.1f}"),
     ("f1", "F1", "{:.1f}"), ("answer_logprob", "logprob", "{:.3f}"), ("agreement_with_full", "agree", "{:.1f}"),
     ("answer_kept", "answer kept", "{:.1f}"), ("hit_limit", "hit limit %", "{:.1f}"),
     ("ttft_ms_median", "TTFT ms p50", "{:.0f}"), ("ttft_ms_p90", "TTFT ms p90", "{:.0f}"),
@@ -27,12 +27,20 @@ COLUMNS = [
 def add_ratios(rows: list[dict[str, Any]]) -> None:
     """Time to first token and KV bytes of each row as a share of `full`'s, measured in the same run."""
     full = next((r for r in rows if r["label"] == "full"), None)
+    if full is None:
+        return
     for row in rows:
-        if full is None:
-            continue
-        row["ttft_share_of_full"] = row["ttft_ms_median"] / full["ttft_ms_median"]
-        row["kv_decode_share_of_full"] = row["kv_bytes_decode"] / full["kv_bytes_decode"]
-        row["kv_peak_share_of_full"] = row["kv_bytes_peak"] / full["kv_bytes_peak"]
+        _shares(row, full)
+        for group in ("kind", "variant"):
+            for value, part in row.get(f"by_{group}", {}).items():
+                if value in full.get(f"by_{group}", {}):
+                    _shares(part, full[f"by_{group}"][value])
+
+
+def _shares(row: dict[str, Any], full: dict[str, Any]) -> None:
+    row["ttft_share_of_full"] = row["ttft_ms_median"] / full["ttft_ms_median"]
+    row["kv_decode_share_of_full"] = row["kv_bytes_decode"] / full["kv_bytes_decode"]
+    row["kv_peak_share_of_full"] = row["kv_bytes_peak"] / full["kv_bytes_peak"]
 
 
 def _cell(value: Any, fmt: str) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -18,7 +17,8 @@ from app.bench.metrics import (
     normalize,
 )
 from app.bench.sentences import cut_answer
-from samkv import METHODS, DocumentKV, DocumentSource, Engine
+from samkv import DocumentKV, DocumentSource, Engine
+from samkv.methods import method_info
 
 ABLATIONS: dict[str, dict[str, Any]] = {
     "complement=False": {"complement": False},
@@ -48,13 +48,20 @@ class MethodConfig:
 
 
 def ratio_parameter(method: str) -> str | None:
-    """The parameter a ratio row sets, from what the method declares: `keep_ratio` for a sparse
-    method, `recompute_ratio` for one that recomputes a share, None for one row at ratio 1."""
-    cls = METHODS[method]
-    fields = {f.name for f in dataclasses.fields(cls)}
-    if cls.sparse and "keep_ratio" in fields:
+    """The parameter a ratio row sets, from what the method declares (samkv.methods.method_info):
+    `keep_ratio` for a sparse method, `recompute_ratio` for one that recomputes a share, None
+    for a method without a ratio."""
+    info = method_info(method)
+    if info.sparse and "keep_ratio" in info.params:
         return "keep_ratio"
-    return "recompute_ratio" if "recompute_ratio" in fields else None
+    return "recompute_ratio" if "recompute_ratio" in info.params else None
+
+
+def runs_at_defaults(method: str) -> bool:
+    """Whether the method gets a row at its own defaults: it has no ratio, or its ratio is
+    optional (default None, e.g. epic's paper k beside its equal-recompute rows)."""
+    parameter = ratio_parameter(method)
+    return parameter is None or method_info(method).params[parameter] is None
 
 
 def method_configs(
@@ -70,9 +77,9 @@ def method_configs(
     for method in sorted(set(methods), key=lambda m: (m != "full", list(methods).index(m))):
         base = dict(extra_params.get(method, {}))
         parameter = ratio_parameter(method)
-        if parameter is None:
+        if runs_at_defaults(method):
             configs.append(MethodConfig(method, method, 1.0, base))
-        else:
+        if parameter is not None:
             configs += [MethodConfig(f"{method}@{r:g}", method, r, {**base, parameter: r}) for r in keep_ratios]
     if "samkv" in methods:
         base = dict(extra_params.get("samkv", {}))

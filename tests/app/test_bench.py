@@ -19,7 +19,7 @@ from app.bench.metrics import (
     normalize,
 )
 from app.bench.report import write_report
-from app.bench.runner import method_configs, ratio_parameter, run_questions
+from app.bench.runner import method_configs, ratio_parameter, run_questions, runs_at_defaults
 from app.bench.selection import select_questions, selection_table, summarise_selection
 from app.bench.summary import summarise
 
@@ -78,46 +78,52 @@ def test_longbench_loader_reads_json_and_jsonl(tmp_path):
 
 
 def test_rows_follow_what_each_method_declares():
-    # Sparse methods get one row per keep ratio, cacheblend one per recompute ratio, the rest one row.
+    # Sparse methods get one row per keep ratio, cacheblend one per recompute ratio, methods
+    # without a ratio one row, and epic (whose recompute ratio is optional) both.
     assert ratio_parameter("samkv") == ratio_parameter("snapkv") == "keep_ratio"
     assert ratio_parameter("cacheblend") == "recompute_ratio"
-    assert ratio_parameter("full") is ratio_parameter("naive") is ratio_parameter("epic") is None
+    assert ratio_parameter("full") is ratio_parameter("naive") is None
+    assert [runs_at_defaults(m) for m in ("full", "samkv", "cacheblend")] == [True, False, False]
     labels = [c.label for c in method_configs(["naive", "samkv", "full", "cacheblend"], [0.15, 0.05], ablations=[])]
     assert labels == ["full", "naive", "samkv@0.15", "samkv@0.05", "cacheblend@0.15", "cacheblend@0.05"]
+    epic = method_configs(["epic"], [0.15], ablations=[])
+    expected = [("epic", {})] + ([("epic@0.15", {"recompute_ratio": 0.15})] if ratio_parameter("epic") else [])
+    assert [(c.label, c.params) for c in epic] == expected
 
 
 def test_a_small_run_writes_every_metric_and_plot(tiny_engine, count_tokens, tmp_path):
     engine = tiny_engine("llama")
-    questions = QAGenerator(count_tokens, seed=0).questions(4, 3, 60, two_hop_fraction=0.5, confuser_fraction=0.5)
-    configs = method_configs(["full", "naive", "cacheblend", "epic", "snapkv", "samkv"], [0.15, 0.5],
-                             ablations=["recompute=False", "global_budget=False"])
+    questions = QAGenerator(count_tokens, seed=0).questions(2, 3, 60, two_hop_fraction=0.5, indirect_bridge_fraction=1.0)
+    configs = method_configs(["full", "naive", "cacheblend", "epic", "snapkv", "samkv"], [0.15],
+                             ablations=["recompute=False"])
     assert configs[0].label == "full"
     dropped = []
     records = run_questions(engine, questions, configs, max_new_tokens=3, before_generate=lambda: dropped.append(1))
-    assert len(records) == len(dropped) == 4 * len(configs)
+    assert len(records) == len(dropped) == 2 * len(configs)
     for record in records:
         # Every stage time the engine reports is kept, and opening the source counts towards TTFT.
         assert {"ttft_ms", "select_ms", "open_ms", "total_ms"} <= set(record)
         assert record["ttft_ms"] >= record["open_ms"]
         assert "\n" not in record["answer"]
     rows = summarise(records, configs)
-    files = write_report(tmp_path, rows, records, {"command": "test", "questions": 4})
+    files = write_report(tmp_path, rows, records, {"command": "test", "questions": 2})
     results = json.loads((tmp_path / "results.json").read_text())["results"]
     assert {r["label"] for r in results} == {c.label for c in configs}
     for row in results:
         assert RESULT_FIELDS <= set(row)
         assert set(row["by_kind"]) == {"single", "two-hop"}
-        assert set(row["by_variant"]) == {q.variant for q in questions} == {"plain", "confusers"}
+        assert set(row["by_variant"]) == {q.variant for q in questions} == {"plain", "indirect-short"}
         assert ("vs_full" in row) == (row["label"] != "full")
     full = next(r for r in results if r["label"] == "full")
     assert full["agreement_with_full"] == 100.0 and full["ttft_share_of_full"] == 1.0
+    assert full["by_variant"]["indirect-short"]["ttft_share_of_full"] == 1.0  # each split against full's same split
     assert full["answer_kept"] == 100.0  # the generated answers are in the context, and full keeps it all
     sparse = next(r for r in results if r["label"] == "samkv@0.15")
     assert sparse["kv_decode_share_of_full"] < 1.0
-    assert sparse["vs_full"]["questions"] == 4
+    assert sparse["vs_full"]["questions"] == 2
     markdown = (tmp_path / "results.md").read_text()
     assert "samkv[recompute=False]@0.15" in markdown
-    for heading in ("## Against full", "## Stage times", "## kind: two-hop", "## variant: confusers"):
+    for heading in ("## Against full", "## Stage times", "## kind: two-hop", "## variant: indirect-short"):
         assert heading in markdown
     assert {f.name for f in files} >= {"quality_vs_keep_ratio.png", "ttft.png", "kv_bytes.png", "summary.png"}
     assert all(f.stat().st_size > 0 for f in files)
