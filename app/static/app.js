@@ -402,7 +402,8 @@ async function refreshDocuments() {
         { method: "DELETE", headers: authHeaders() });
       if (deleted.ok) { item.remove(); announce(name + " deleted."); }
     });
-    item.append(element("span", null, name + " (" + doc.chunk_count + " chunks)"), remove);
+    const chunks = doc.chunk_count + (doc.chunk_count === 1 ? " chunk" : " chunks");
+    item.append(element("span", null, name + " (" + chunks + ")"), remove);
     list.append(item);
   }
   showExamples(new Set(body.documents.map((doc) => doc.id)));

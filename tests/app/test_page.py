@@ -120,15 +120,18 @@ def test_upload_shows_progress_and_script_stays_text(page, tmp_path):
     assert turn.locator("details.source b").count() == 0
 
 
-def test_bad_uploads_show_their_errors(page, tmp_path):
+def test_bad_uploads_show_their_errors(page, tmp_path, app_settings):
     program = tmp_path / "tool.exe"
     program.write_bytes(b"MZ\x90\x00")
     blank = tmp_path / "blank.txt"
     blank.write_text("  \n\t\n")
-    page.set_input_files("#files", [str(program), str(blank)])
+    huge = tmp_path / "huge.txt"
+    huge.write_bytes(b"word " * (app_settings.max_request_bytes // 5 + 1))
+    page.set_input_files("#files", [str(program), str(blank), str(huge)])
     page.click("#upload")
     rows = page.locator("#jobs li")
-    for name, message in (("tool.exe", "accepted file types"), ("blank.txt", "holds no text")):
+    for name, message in (("tool.exe", "accepted file types"), ("blank.txt", "holds no text"),
+                          ("huge.txt", f"at most {app_settings.max_request_bytes} bytes")):
         row = rows.filter(has_text=name)
         expect(row).to_have_attribute("data-status", "failed")
         expect(row.locator(".job-status")).to_contain_text(message)
