@@ -173,7 +173,7 @@ def run(args: argparse.Namespace) -> int:
     )
     args.out.mkdir(parents=True, exist_ok=True)
     if args.selection_only:
-        return _run_selection(engine, questions, configs, args)
+        return _run_selection(engine, questions, configs, args, split, seed)
     records: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="samkv-bench-") as scratch, \
             (args.out / "records.partial.jsonl").open("w") as live:
@@ -218,7 +218,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_selection(engine, questions, configs, args: argparse.Namespace) -> int:
+def _run_selection(engine, questions, configs, args: argparse.Namespace, split: str, seed: int) -> int:
     """Selection only: writes selection.md and selection.json under --out."""
     from app.bench.selection import select_questions, selection_table, summarise_selection
 
@@ -228,8 +228,9 @@ def _run_selection(engine, questions, configs, args: argparse.Namespace) -> int:
     rows = summarise_selection(records, configs)
     command = "samkv-rag bench " + " ".join(shlex.quote(a) for a in sys.argv[2:])
     table = selection_table(rows)
-    (args.out / "selection.md").write_text(f"`{command}`\n\n{table}")
-    (args.out / "selection.json").write_text(json.dumps({"command": command, "rows": rows, "records": records}))
+    (args.out / "selection.md").write_text(f"`{command}`\n\n{split} split, seed {seed}\n\n{table}")
+    (args.out / "selection.json").write_text(
+        json.dumps({"command": command, "split": split, "seed": seed, "rows": rows, "records": records}))
     print(table)
     return 0
 

@@ -147,6 +147,12 @@ def test_the_bench_command_records_split_seed_and_a_cold_disk_tier(tiny_checkpoi
     records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
     assert {r["variant"] for r in records} == {"prose", "prose+indirect-short"}
     assert "## variant: prose+indirect-short" in capsys.readouterr().out
+    selection = tmp_path / "selection"
+    assert run(parser.parse_args(["--model", str(tiny_checkpoint("llama")), "--device", "cpu", "--questions", "2",
+                                  "--docs", "3", "--doc-tokens", "60", "--methods", "full", "--split", "dev",
+                                  "--selection-only", "--out", str(selection)])) == 0
+    report = json.loads((selection / "selection.json").read_text())
+    assert (report["split"], report["seed"]) == ("dev", 100)
     assert run(parser.parse_args(["--split", "dev", "--seed", "1000"])) == 2
     assert run(parser.parse_args(["--cache-tier", "memory", "--cold"])) == 2
 
