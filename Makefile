@@ -37,6 +37,6 @@ lint: $(STAMP)
 # The headline run on test seeds (docs/PROTOCOL.md); about 2.5 hours on a 2-core CPU.
 bench: $(STAMP)
 	$(VENV)/bin/samkv-rag bench --model qwen2.5-coder-0.5b-instruct --split test --questions 150 --docs 6 \
-	  --doc-tokens 300 --two-hop-fraction 0.4 --prose --confuser-fraction 0.5 --indirect-bridge-fraction 0.5 \
+	  --doc-tokens 200 --two-hop-fraction 0.4 --prose --confuser-fraction 0.5 --indirect-bridge-fraction 0.5 \
 	  --methods full,naive,cacheblend,epic,snapkv,samkv --keep-ratios 0.15,0.05 \
 	  --ablations complement=False --max-new-tokens 32 --cache-tier disk --cold --out bench-results/test-q150
