@@ -189,10 +189,9 @@ class QAGenerator:
                 break
             if not any(mentions(sentence, answer) for answer in self._answers):
                 prose.append(sentence)
-        body = prose
         for fact in facts:
-            body.insert(self.rng.randint(0, len(body)), fact)
-        return " ".join(body)
+            prose.insert(self.rng.randint(0, len(prose)), fact)
+        return " ".join(prose)
 
     def _pad(self, sentences: list[str], filler: list[str], doc_tokens: int) -> str:
         """Facts placed among filler sentences until the text reaches about doc_tokens tokens."""
