@@ -56,8 +56,10 @@ class Database:
             self.engine = sa.create_engine(
                 parsed,
                 pool_pre_ping=True,
-                pool_size=8,
-                max_overflow=16,
+                # At most 15 connections a process: five replicas stay within PostgreSQL's
+                # default of 100.
+                pool_size=5,
+                max_overflow=10,
                 pool_timeout=BUSY_TIMEOUT_S,
                 connect_args={"connect_timeout": CONNECT_TIMEOUT_S},
             )

@@ -173,25 +173,9 @@ class DocumentStore:
     def vectors(
         self, document_ids: Sequence[str] | None = None, batch_size: int = 20_000
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Stored (ids, vectors) in batches, of all chunks or of the given documents' chunks.
-
-        Each batch is its own query (keyset pagination), so no connection is held between them.
-        """
-        last_id = -1
-        while True:
-            query = (
-                sa.select(chunks.c.id, chunks.c.embedding)
-                .where(chunks.c.id > last_id)
-                .order_by(chunks.c.id)
-                .limit(batch_size)
-            )
-            if document_ids is not None:
-                query = query.where(chunks.c.document_id.in_(list(document_ids)))
-            with self.database.read() as conn:
-                rows = conn.execute(query).all()
-            if not rows:
-                return
-            last_id = rows[-1][0]
+        """Stored (ids, vectors) in batches, of all chunks or of the given documents' chunks."""
+        where = None if document_ids is None else chunks.c.document_id.in_(list(document_ids))
+        for rows in self._pages(chunks.c.embedding, batch_size, where):
             yield _vectors(rows)
 
     def vectors_of(self, ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -212,20 +196,30 @@ class DocumentStore:
 
         Each batch is its own query, so the caller may write between batches.
         """
+        for rows in self._pages(chunks.c.text, batch_size):
+            yield np.array([row[0] for row in rows], dtype=np.int64), [row[1] for row in rows]
+
+    def _pages(
+        self, column: sa.Column, batch_size: int, where: Any = None
+    ) -> Iterator[list[Any]]:
+        """(chunk id, `column`) rows in id order, a batch per query (keyset pagination), so no
+        connection is held between batches."""
         last_id = -1
         while True:
             query = (
-                sa.select(chunks.c.id, chunks.c.text)
+                sa.select(chunks.c.id, column)
                 .where(chunks.c.id > last_id)
                 .order_by(chunks.c.id)
                 .limit(batch_size)
             )
+            if where is not None:
+                query = query.where(where)
             with self.database.read() as conn:
                 rows = conn.execute(query).all()
             if not rows:
                 return
             last_id = rows[-1][0]
-            yield np.array([row[0] for row in rows], dtype=np.int64), [row[1] for row in rows]
+            yield rows
 
     def set_vectors(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         """Overwrite the stored embeddings of chunks."""
