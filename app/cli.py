@@ -33,7 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO if args.command == "serve" else logging.WARNING,
+        level=logging.DEBUG if args.verbose else logging.INFO if args.command in ("serve", "worker") else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
@@ -69,7 +69,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port to listen on (SAMKV_PORT)")
     serve.add_argument("--sample-collection", action="store_true", default=None,
                        help="ingest the bundled sample documents when none are stored")
+    serve.add_argument("--no-worker", dest="worker", action="store_false", default=None,
+                       help="serve the API only; ingestion jobs wait for a worker (SAMKV_WORKER)")
     serve.set_defaults(run=_serve)
+
+    worker = commands.add_parser("worker", help="run ingestion jobs only (no HTTP API)")
+    _add_settings_flags(worker)
+    worker.set_defaults(run=_worker)
 
     ingest = commands.add_parser("ingest", help="ingest files and folders (.txt, .md, .html)")
     ingest.add_argument("paths", nargs="+", type=Path)
@@ -100,6 +106,8 @@ def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="local checkpoint path; empty for the embedded model")
     parser.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--redis-url", help="Redis for the shared KV tier (REDIS_URL)")
+    parser.add_argument("--database-url",
+                        help="PostgreSQL shared by replicas (SAMKV_DATABASE_URL); empty for SQLite")
 
 
 def _add_client_flags(parser: argparse.ArgumentParser) -> None:
@@ -112,7 +120,8 @@ def _add_client_flags(parser: argparse.ArgumentParser) -> None:
 def _settings(args: argparse.Namespace) -> Settings:
     overrides = {
         name: getattr(args, name)
-        for name in ("data_dir", "model", "device", "redis_url", "host", "port", "sample_collection")
+        for name in ("data_dir", "model", "device", "redis_url", "database_url", "host", "port",
+                     "sample_collection", "worker")
         if getattr(args, name, None) is not None
     }
     return Settings(**overrides)
@@ -149,6 +158,26 @@ def _serve(args: argparse.Namespace) -> int:
     host = "localhost" if settings.host in ("0.0.0.0", "::") else settings.host
     print(f"SamKV RAG on http://{host}:{settings.port}/  (API docs: /docs)", flush=True)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    args.worker = True
+    services = _load_services(args)
+    stopping = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stopping.set())
+    print(f"ingestion worker {services.ingestor.worker_id} on {services.retrieval.database.description}",
+          flush=True)
+    try:
+        while not stopping.wait(1.0):
+            pass
+    finally:
+        # A job in progress goes back to the queue for another worker.
+        services.close()
     return 0
 
 
