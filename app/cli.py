@@ -12,15 +12,16 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from app.settings import METHODS, Settings
 
 logger = logging.getLogger(__name__)
 
 _UPLOAD_BATCH = 16
+T = TypeVar("T")
 _POLL_S = 0.5
 
 
@@ -202,53 +203,79 @@ def _files(paths: Sequence[Path]) -> list[Path]:
 
 
 def _ingest(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     files = _files(args.paths)
-    with tqdm(total=len(files), unit="doc", desc="ingesting") as bar:
-        failed = _ingest_remote(args, files, bar) if args.url else _ingest_local(args, files, bar)
+    failed = _ingest_remote(args, files) if args.url else _ingest_local(args, files)
     print(f"ingested {len(files) - failed} of {len(files)} documents")
     return 1 if failed else 0
 
 
-def _ingest_remote(args: argparse.Namespace, files: list[Path], bar: Any) -> int:
-    with _client(args) as client:
-        jobs = []
-        for start in range(0, len(files), _UPLOAD_BATCH):
-            batch = files[start : start + _UPLOAD_BATCH]
-            uploads = [("files", (p.name, p.read_bytes())) for p in batch]
-            response = client.post("/v1/documents", files=uploads)
-            _check(response)
-            jobs.append(response.json()["job_id"])
-        return _follow_jobs(client, jobs, bar)
+def _batches(items: Sequence[T]) -> list[Sequence[T]]:
+    return [items[start : start + _UPLOAD_BATCH] for start in range(0, len(items), _UPLOAD_BATCH)]
 
 
-def _follow_jobs(client: Any, jobs: list[str], bar: Any) -> int:
-    """Poll the jobs until all finished, advancing `bar` by indexed-and-cached documents."""
-    counted: dict[str, int] = {}
+def _job_label(batch: Sequence[Path]) -> str:
+    return batch[0].name if len(batch) == 1 else f"{batch[0].name} and {len(batch) - 1} more"
+
+
+def _ingest_remote(args: argparse.Namespace, files: list[Path]) -> int:
+    """Upload the files in batches, one job each, then follow the jobs; the documents that failed."""
     failed = 0
-    pending = list(jobs)
-    while pending:
-        for job_id in list(pending):
+    with _client(args) as client:
+        jobs: list[tuple[str, str, int]] = []
+        for batch in _batches(files):
+            uploads = [("files", (p.name, p.read_bytes())) for p in batch]
+            try:
+                response = client.post("/v1/documents", files=uploads)
+                _check(response)
+            except CliError as error:  # a bad file refuses its batch only
+                print(f"{_job_label(batch)}: {error}", file=sys.stderr)
+                failed += len(batch)
+                continue
+            jobs.append((response.json()["job_id"], _job_label(batch), len(batch)))
+
+        def job_state(job_id: str) -> dict[str, Any]:
             response = client.get(f"/v1/jobs/{job_id}")
             _check(response)
-            job = response.json()
-            # A document counts once it is indexed and its job's caches are being stored.
-            done = job["documents_total"] if job["status"] in ("done", "failed") else max(
-                0, job["documents_indexed"] - 1)
-            bar.update(done - counted.get(job_id, 0))
-            counted[job_id] = done
-            if job["status"] in ("done", "failed"):
-                pending.remove(job_id)
+            return response.json()
+
+        return failed + _follow_jobs(jobs, job_state)
+
+
+def _follow_jobs(jobs: list[tuple[str, str, int]], job_state: Callable[[str], dict[str, Any]]) -> int:
+    """Poll (job id, label, documents) until every job finished, one progress bar per job;
+    the number of documents in the jobs that failed."""
+    from tqdm import tqdm
+
+    bars = {
+        job_id: tqdm(total=100, desc=label, unit="%", position=i, leave=True,
+                     bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}{postfix}")
+        for i, (job_id, label, _) in enumerate(jobs)
+    }
+    documents = {job_id: count for job_id, _, count in jobs}
+    failed = 0
+    pending = list(bars)
+    try:
+        while pending:
+            for job_id in list(pending):
+                job = job_state(job_id)
+                bar = bars[job_id]
+                bar.update(round(job["progress"] * 100) - bar.n)
+                bar.set_postfix_str(job["status"], refresh=True)
+                if job["status"] in ("done", "failed"):
+                    pending.remove(job_id)
                 if job["status"] == "failed":
-                    failed += 1
-                    bar.write(f"job {job_id} failed: {job.get('error')}")
-        if pending:
-            time.sleep(_POLL_S)
+                    failed += documents[job_id]
+                    bar.set_postfix_str(f"failed: {job.get('error')}", refresh=True)
+            if pending:
+                time.sleep(_POLL_S)
+    finally:
+        for bar in bars.values():
+            bar.close()
     return failed
 
 
-def _ingest_local(args: argparse.Namespace, files: list[Path], bar: Any) -> int:
+def _ingest_local(args: argparse.Namespace, files: list[Path]) -> int:
+    """Ingest batch after batch into the data dir, following each job; the documents that failed."""
     from app.ingestion import NewDocument, new_document_id
     from retrieval import extract_text
 
@@ -257,14 +284,18 @@ def _ingest_local(args: argparse.Namespace, files: list[Path], bar: Any) -> int:
         for p in files
     ]
     services = _load_services(args)
+
+    def job_state(job_id: str) -> dict[str, Any]:
+        job = services.ingestor.get(job_id)
+        if job is None:
+            return {"status": "failed", "progress": 0.0, "error": "the job was lost"}
+        return {"status": job.status, "progress": job.progress, "error": job.error}
+
     try:
         failed = 0
-        for document in documents:
-            job = services.ingestor.wait(services.ingestor.submit([document]).id)
-            bar.update(1)
-            if job is None or job.status != "done":
-                failed += 1
-                bar.write(f"{document.metadata['filename']}: {job.error if job else 'lost'}")
+        for paths, batch in zip(_batches(files), _batches(documents), strict=True):
+            job = services.ingestor.submit(batch)
+            failed += _follow_jobs([(job.id, _job_label(paths), len(batch))], job_state)
         return failed
     finally:
         services.close()
@@ -280,10 +311,11 @@ def _ask(args: argparse.Namespace) -> int:
         "keep_ratio": args.keep_ratio,
         "top_k": args.top_k,
         "max_new_tokens": args.max_new_tokens,
+        "include_selection": True,
     }
     body = {k: v for k, v in body.items() if v is not None}
     events = _ask_remote(args, body) if args.url else _ask_local(args, body)
-    answer, sources, stats = "", [], {}
+    answer, sources, stats, selection = "", [], {}, []
     for event, data in events:
         if event == "sources":
             sources = data["sources"]
@@ -292,18 +324,21 @@ def _ask(args: argparse.Namespace) -> int:
             if not args.json:
                 print(data["text"], end="", flush=True)
         elif event == "done":
-            stats = data["stats"]
+            stats, selection = data["stats"], data.get("selection") or []
         elif event == "error":
             raise CliError(data["error"]["message"])
     if args.json:
-        print(json.dumps({"answer": answer, "sources": sources, "stats": stats}, indent=2))
+        print(json.dumps({"answer": answer, "sources": sources, "stats": stats, "selection": selection},
+                         indent=2))
         return 0
     print()
     for i, source in enumerate(sources, 1):
         preview = " ".join(source["text"].split())[:80]
-        print(f"  [{i}] {source['document_id']} #{source['chunk_id']} ({source['score']:.2f}) {preview}")
+        kept = f" kept {selection[i - 1]['kept_share']:.0%}" if len(selection) >= i else ""
+        print(f"  [{i}] {source['document_id']} #{source['chunk_id']} ({source['score']:.2f}{kept}) {preview}")
     if stats:
         print(f"  {stats['method']}: kept {stats['kept_tokens']}/{stats['context_tokens']} tokens, "
+              f"KV cache {stats['kv_bytes_decode'] / 2**20:.1f} MiB, "
               f"first token in {stats['ttft_ms']:.0f} ms, {stats['tokens_per_s']:.1f} tokens/s")
     return 0
 
@@ -326,20 +361,24 @@ def _ask_remote(args: argparse.Namespace, body: dict[str, Any]) -> Iterator[tupl
 
 def _ask_local(args: argparse.Namespace, body: dict[str, Any]) -> Iterator[tuple[str, Any]]:
     from app.routers.query import sources_of
+    from app.selection import source_selections
 
     services = _load_services(args)
     try:
         question = body["question"]
         services.validate_question(question)
         hits = services.retrieval.search(question, body.get("top_k") or services.settings.top_k)
-        yield "sources", {"sources": [s.model_dump() for s in sources_of(hits)]}
+        sources = sources_of(hits)
+        yield "sources", {"sources": [s.model_dump() for s in sources]}
         stream = services.open_stream(
             question, hits, method=body.get("method"), keep_ratio=body.get("keep_ratio"),
             max_new_tokens=body.get("max_new_tokens"),
         )
         for piece in stream:
             yield "token", {"text": piece}
-        yield "done", {"stats": stream.stats}
+        selection = source_selections(sources, stream.kept_per_document, stream.recomputed_per_document,
+                                      services.engine.document_token_spans)
+        yield "done", {"stats": stream.stats, "selection": [s.model_dump() for s in selection]}
     finally:
         services.close()
 
