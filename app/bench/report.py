@@ -24,6 +24,10 @@ COLUMNS = [
 ]
 
 
+# Stage times in the order a request passes through them; other `*_ms` keys follow by name.
+STAGES = ("open_ms", "load_ms", "probe_ms", "select_ms", "assemble_ms", "prefill_ms", "ttft_ms", "total_ms")
+
+
 def add_ratios(rows: list[dict[str, Any]]) -> None:
     """Time to first token and KV bytes of each row as a share of `full`'s, measured in the same run."""
     full = next((r for r in rows if r["label"] == "full"), None)
@@ -93,7 +97,8 @@ def comparison_table(rows: list[dict[str, Any]], group: str | None = None, value
 
 def stage_table(rows: list[dict[str, Any]]) -> str:
     """The median of every recorded stage time (ms) per configuration."""
-    keys = sorted({key for row in rows for key in row.get("stage_ms_median", {})})
+    found = {key for row in rows for key in row.get("stage_ms_median", {})}
+    keys = sorted(found, key=lambda key: (STAGES.index(key) if key in STAGES else len(STAGES), key))
     lines = ["| method | " + " | ".join(key.removesuffix("_ms") for key in keys) + " |",
              "|" + "|".join("---" for _ in range(len(keys) + 1)) + "|"]
     for row in rows:

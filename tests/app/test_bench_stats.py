@@ -96,6 +96,9 @@ def test_rows_split_by_kind_and_variant_with_their_own_comparisons():
     assert "| m@0.5 | 8 | +50.0 [" in table and "| 4 / 0 | 0.125 |" in table
     assert "| m@0.5 | 4 | +100.0 [+100.0, +100.0]" in comparison_table(rows, "kind", "single")
     assert stage_table(rows).splitlines()[0] == "| method | ttft |"
+    staged = [{"label": "m", "stage_ms_median": {"ttft_ms": 9.0, "decode_ms": 2.0, "select_ms": 4.0, "open_ms": 1.0}}]
+    # Pipeline order first, then any other stage by name.
+    assert stage_table(staged).splitlines()[::2] == ["| method | open | select | ttft | decode |", "| m | 1 | 4 | 9 | 2 |"]
 
 
 @pytest.mark.parametrize(("text", "expected"), [
