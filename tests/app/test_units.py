@@ -1,4 +1,5 @@
-"""Parts of the service that need no models: jobs across restarts, admission, compose file."""
+"""Parts of the service that need no models: admission, compose file (the job queue's own
+tests are in tests/reliability/test_job_queue.py)."""
 
 from __future__ import annotations
 
@@ -12,23 +13,9 @@ from prometheus_client import CollectorRegistry
 
 from app.errors import Unavailable
 from app.generation import GenerationPool
-from app.jobs import INTERRUPTED, Job, JobStore
 from app.metrics import AppMetrics
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def test_running_jobs_fail_on_restart(tmp_path):
-    store = JobStore(tmp_path)
-    store.create(Job("running-job", "running", ["a"], 1))
-    store.create(Job("done-job", "done", ["b"], 1))
-    store.close()
-    reopened = JobStore(tmp_path)
-    assert reopened.interrupted == 1
-    assert reopened.get("running-job").status == "failed"
-    assert reopened.get("running-job").error == INTERRUPTED
-    assert reopened.get("done-job").status == "done"
-    assert reopened.get("unknown") is None
 
 
 class _BlockingStream:
@@ -71,7 +58,8 @@ def test_compose_file_names_redis_and_the_api():
     api = services["api"]
     assert "REDIS_URL" in str(api["environment"])
     assert "healthcheck" in api and "healthcheck" in services["redis"]
-    assert any("/data" in str(volume) for volume in api["volumes"])
+    # Replicas share PostgreSQL and Redis, never a data volume.
+    assert "volumes" not in api
     assert (ROOT / "Dockerfile").is_file()
 
 
