@@ -35,8 +35,16 @@ class Plan:
 
     keep: torch.Tensor  # [K] sorted context indices kept in the decoding cache
     recompute: torch.Tensor  # [R] sorted context indices recomputed from the first layer
-    narrowing: Narrowing | None = None
+    narrowings: tuple[Narrowing, ...] = ()  # at most one per layer
     reads_stored: bool = True  # False only when every token is recomputed (a full prefill)
+    # [layers, KVH, B] sorted context indices that each layer's KV head keeps, when heads keep
+    # different tokens (stored KV only); `keep` is then every token some head keeps.
+    head_keep: torch.Tensor | None = None
+
+    @property
+    def cached_tokens(self) -> int:
+        """Context entries per layer and KV head in the decoding cache."""
+        return int(self.keep.numel() if self.head_keep is None else self.head_keep.shape[-1])
 
 
 class DocumentAttention:
@@ -130,7 +138,10 @@ def assemble(
     rows = plan.recompute
     if not plan.reads_stored and rows.numel() != N:
         raise ValueError("a plan that reads no stored KV must recompute every context token")
+    if plan.head_keep is not None and rows.numel():
+        raise ValueError("a plan whose heads keep different tokens cannot recompute any")
     keep_slots = torch.cat([torch.arange(P), P + plan.keep]).to(ops.device)
+    narrowing_at = {narrowing.layer: narrowing for narrowing in plan.narrowings}
     shared = torch.zeros(N, dtype=torch.bool)
     shared[plan.keep] = True
     attention = DocumentAttention(layout, rows, shared, ops.device)
@@ -149,15 +160,34 @@ def assemble(
             positions = layout.positions[rows].to(ops.device)
             q, k = ops.rope(q, positions), ops.rope(k, positions)
             chosen = None
-            if plan.narrowing is not None and layer == plan.narrowing.layer:
-                chosen = plan.narrowing.choose(k, v, keys[:, slots], values[:, slots])
+            if layer in narrowing_at:
+                chosen = narrowing_at[layer].choose(k, v, keys[:, slots], values[:, slots])
             keys[:, slots], values[:, slots] = k, v
             hidden = ops.finish(layer, hidden, attention(ops, q, keys, values, meter))
             if chosen is not None:
                 chosen = chosen.sort().values
                 hidden, rows = hidden[chosen.to(ops.device)], rows[chosen.cpu()]
                 attention = DocumentAttention(layout, rows, shared, ops.device)
-        cache.write_layer(layer, 0, keys[:, keep_slots], values[:, keep_slots])
+        if plan.head_keep is None:
+            cache.write_layer(layer, 0, keys[:, keep_slots], values[:, keep_slots])
+        else:
+            cache.write_layer(layer, 0, *_per_head(keys, values, plan.head_keep[layer], P))
         meter.release(keys, values)
-    cache.length = P + int(plan.keep.numel())
+    cache.length = P + plan.cached_tokens
     return rows
+
+
+def _per_head(
+    keys: torch.Tensor, values: torch.Tensor, head_keep: torch.Tensor, prefix_len: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keys and values [KVH, P + B, d] of the prefix and, per KV head, its own B kept tokens.
+
+    keys, values [KVH, P + N, d] are aligned; head_keep [KVH, B] are context indices. Each head
+    keeps as many tokens as the others, so the cache stays one tensor; a token's position
+    travels in its rotated key, so heads need not agree on which token sits in which slot.
+    """
+    num_heads = keys.shape[0]
+    prefix = torch.arange(prefix_len).expand(num_heads, -1)
+    slots = torch.cat([prefix, prefix_len + head_keep], dim=1).to(keys.device)  # [KVH, P + B]
+    index = slots[:, :, None].expand(-1, -1, keys.shape[2])
+    return keys.gather(1, index), values.gather(1, index)

@@ -231,11 +231,11 @@ class Engine:
         source = TimedSource(request.source, clock)
         plan = self._plan(request, source, meter, clock)
         with clock.stage("assemble"):
-            cache = self.new_cache(self.prefix_len + int(plan.keep.numel()) + extra, meter)
+            cache = self.new_cache(self.prefix_len + plan.cached_tokens + extra, meter)
             recomputed = assemble(
                 self.ops, self.prefix, source, request.layout, request.context_ids, plan, cache, meter
             )
-        return Prepared(request, cache, meter, clock, plan.keep, recomputed)
+        return Prepared(request, cache, meter, clock, plan.keep, recomputed, plan.cached_tokens)
 
     def stream(
         self,

@@ -131,7 +131,7 @@ def _stats(
     prepared: Prepared, started: float, first_token_at: float, finished: float, generated: int, decode_bytes: int
 ) -> dict[str, Any]:
     layout = prepared.request.layout
-    kept = int(prepared.keep.numel())
+    kept = prepared.cached_tokens
     decode_s = finished - first_token_at
     later_tokens = max(0, generated - 1)
     return {

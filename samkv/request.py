@@ -33,8 +33,9 @@ class Prepared:
     cache: KVCache
     meter: KVMeter
     clock: StageClock
-    keep: torch.Tensor  # [K] sorted context indices kept
+    keep: torch.Tensor  # [K] sorted context indices kept (by any KV head)
     recomputed: torch.Tensor  # [R] sorted context indices recomputed through the last layer
+    cached_tokens: int  # context entries per layer and KV head in the cache
 
     @property
     def kept_per_document(self) -> list[list[int]]:

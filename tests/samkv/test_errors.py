@@ -39,6 +39,10 @@ def test_unknown_method(engine_and_docs):
         ("cacheblend", {"recompute_ratio": 2.0}, "recompute_ratio must be in"),
         ("cacheblend", {"check_layer": 99}, "check_layer must be below"),
         ("epic", {"k": -3}, "k must be"),
+        ("epic", {"recompute_ratio": 0.0}, "recompute_ratio must be in"),
+        ("snapkv", {"kernel": 4}, "kernel must be a positive odd integer"),
+        ("snapkv", {"pooling": "median"}, "pooling must be one of"),
+        ("cacheblend", {"recompute_ratio": 0.2, "first_ratio": 0.1}, "first_ratio must be at least"),
         ("naive", {"keep_ratio": 0.5}, "has no parameter keep_ratio"),
     ],
 )
