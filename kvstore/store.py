@@ -353,10 +353,16 @@ def open_store(
     quantization: str = "none",
     redis_prefix: str = "samkv:kv:",
 ) -> TieredStore:
-    """The store the app uses: memory LRU → Redis (when `redis_url` is set) → disk under `data_dir/kv`."""
+    """The store the app uses: memory LRU → Redis (when `redis_url` is set) → disk under `data_dir/kv`.
+
+    `storage_dtype` is float16 or bfloat16, or "int8" for float16 with int8 keys and values
+    (the same as `quantization="int8"`), so that one setting can name any of the three.
+    """
     tiers: list[Tier] = [MemoryTier(memory_bytes)]
     if redis_url:
         tiers.append(RedisTier(redis_url, prefix=redis_prefix, ttl_s=redis_ttl_s))
     tiers.append(DiskTier(Path(data_dir)))
+    if storage_dtype == "int8":
+        storage_dtype, quantization = "float16", "int8"
     fmt = StorageFormat(storage_dtype, quantization)  # type: ignore[arg-type]
     return TieredStore(fingerprint, tiers, encode=encode, storage_format=fmt, registry=registry)

@@ -339,6 +339,16 @@ def test_open_store_with_and_without_redis(tmp_path, shared_redis_url, encoder):
         with_redis.close()
 
 
+def test_open_store_takes_int8_as_a_storage_dtype(tmp_path, encoder):
+    store = open_store(tmp_path, FINGERPRINT, encoder, storage_dtype="int8")
+    assert store.storage_format == StorageFormat("float16", "int8")
+    key = store.put("chunk", encoder("chunk"))
+    header, _ = store.durable_tier.read_header(key)
+    assert (header.storage_dtype, header.quantization) == ("float16", "int8")
+    with pytest.raises(ValueError, match="storage dtype"):
+        open_store(tmp_path, FINGERPRINT, encoder, storage_dtype="int4")
+
+
 def test_redis_layers_of_all_documents_come_in_one_round_trip(store, encoder, monkeypatch):
     texts = [f"document {i}" for i in range(3)]
     for text in texts:
