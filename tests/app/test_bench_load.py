@@ -6,28 +6,40 @@ import httpx
 import pytest
 
 from app.bench.load import ask, ratios, report, run_level, summarise
-from tests.app.conftest import API_KEY, FACT_DOCUMENT, OTHER_DOCUMENTS
+from tests.app.conftest import API_KEY
 
 pytestmark = pytest.mark.slow
 
 
+# Facts of their own: the server is shared by the session's tests, and these documents must not
+# answer (or crowd out the sources of) another test's question while they are stored.
+LOAD_DOCUMENTS = [
+    "The signal box at Quarry Junction was rebuilt in 1974 by the engineer Tomas Wyke.",
+    "The ferry to Skell Island sails at 06:15 and returns at 19:30 every weekday.",
+]
+LOAD_QUESTIONS = ["Who rebuilt the signal box at Quarry Junction?", "When does the ferry to Skell Island sail?"]
+
+
 def test_concurrent_clients_are_all_answered_with_a_time_to_first_token(live_server, client):
-    documents = [{"id": f"load-doc-{i}", "text": text} for i, text in enumerate([FACT_DOCUMENT, *OTHER_DOCUMENTS])]
+    documents = [{"id": f"load-doc-{i}", "text": text} for i, text in enumerate(LOAD_DOCUMENTS)]
     client.post("/v1/documents", params={"wait": "true"}, json={"documents": documents}).raise_for_status()
     headers = {"Authorization": f"Bearer {API_KEY}"}
-    questions = ["What is the vault code at the Oriel bank?", "Who is the harbour master of Velmora?"]
     rows = []
-    for method in ("full", "samkv"):
-        answers, wall = run_level(live_server, headers, questions, method, clients=3, per_client=2,
-                                  options={"top_k": 2, "max_new_tokens": 4})
-        assert [a.method for a in answers] == [method] * 6
-        assert all(a.ok and a.error == "" for a in answers), [a.error for a in answers]
-        assert all(0 < a.ttft_s <= a.total_s <= wall for a in answers)
-        row = summarise(answers, wall)
-        assert (row["questions"], row["answered"], row["failed"]) == (6, 6, 0)
-        assert row["questions_per_minute"] == pytest.approx(60 * 6 / wall)
-        assert row["ttft_p50_s"] <= row["ttft_p99_s"]
-        rows.append({"method": method, "clients": 3, **row})
+    try:
+        for method in ("full", "samkv"):
+            answers, wall = run_level(live_server, headers, LOAD_QUESTIONS, method, clients=3, per_client=2,
+                                      options={"top_k": 2, "max_new_tokens": 4})
+            assert [a.method for a in answers] == [method] * 6
+            assert all(a.ok and a.error == "" for a in answers), [a.error for a in answers]
+            assert all(0 < a.ttft_s <= a.total_s <= wall for a in answers)
+            row = summarise(answers, wall)
+            assert (row["questions"], row["answered"], row["failed"]) == (6, 6, 0)
+            assert row["questions_per_minute"] == pytest.approx(60 * 6 / wall)
+            assert row["ttft_p50_s"] <= row["ttft_p99_s"]
+            rows.append({"method": method, "clients": 3, **row})
+    finally:
+        for document in documents:
+            client.delete(f"/v1/documents/{document['id']}").raise_for_status()
     table = report(rows, {"command": "samkv-rag bench-load"})
     assert "| samkv | 3 |" in table and "questions/min ÷ full" in table
 

@@ -88,8 +88,8 @@ def qwen_engine():
 def test_qwen_05b_passes_the_self_check_and_answers(qwen_engine):
     assert qwen_engine.max_context == 32768
     documents = qwen_engine.encode_documents([
-        "The Oriel bank keeps its ledgers in the old customs house. Its vault code is 4471, "
-        "changed every spring by the head clerk, Ilse Varga.",
+        ("The Oriel bank keeps its ledgers in the old customs house. Its vault code is 4471, "
+         "changed every spring by the head clerk, Ilse Varga."),
         "The Kestrel railway runs from Dunmore to the coast. Its last steam engine retired in 1968.",
     ])
     out = qwen_engine.generate(
