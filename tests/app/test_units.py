@@ -24,6 +24,8 @@ class _BlockingStream:
     def __init__(self, release: threading.Event) -> None:
         self.release = release
         self.stats = {"method": "full"}
+        self.kept_per_document: list[list[int]] = []
+        self.recomputed_per_document: list[list[int]] = []
 
     def __iter__(self):
         self.release.wait(30)
