@@ -103,6 +103,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="select without generating: how often each configuration keeps the answer "
                              "(and a two-hop question's bridge); for fast parameter sweeps")
     parser.add_argument("--out", type=Path, default=Path("bench-results"))
+    parser.add_argument("--resume", action="store_true",
+                        help="go on with an interrupted run of the same command in --out: keep the records "
+                             "of the questions it finished, start at the next one")
 
 
 def _parse_value(text: str) -> Any:
@@ -174,11 +177,23 @@ def run(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     if args.selection_only:
         return _run_selection(engine, questions, configs, args, split, seed)
-    records: list[dict[str, Any]] = []
+    try:
+        records = _resumed_records(args, len(configs)) if args.resume else []
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    first_question = len(records) // len(configs)
+    interrupted = False
+    planned = len(questions)
+    if first_question:
+        logger.warning("resuming after the %d questions already answered by every configuration", first_question)
+    _write_run_identity(args)
     with tempfile.TemporaryDirectory(prefix="samkv-bench-") as scratch, \
             (args.out / "records.partial.jsonl").open("w") as live:
+        live.writelines(json.dumps(record) + "\n" for record in records)
+        live.flush()
         put, source, store = store_source_factory(args.cache_tier, engine, Path(scratch), args.redis_url)
-        bar = tqdm(total=len(questions) * len(configs), desc="bench", unit="run")
+        bar = tqdm(total=len(questions) * len(configs), initial=len(records), desc="bench", unit="run")
 
         def step(record: dict[str, Any]) -> None:
             records.append(record)
@@ -189,9 +204,12 @@ def run(args: argparse.Namespace) -> int:
         try:
             run_questions(engine, questions, configs, args.max_new_tokens, args.answer_prefix, source_factory=source,
                           on_encoded=put, on_step=step,
-                          before_generate=store.drop_page_cache if cache_state == "cold" else None)
+                          before_generate=store.drop_page_cache if cache_state == "cold" else None,
+                          first_question=first_question)
         except KeyboardInterrupt:
-            # A long run stopped early still reports, over the questions every configuration answered.
+            # A long run stopped early still reports, over the questions every configuration
+            # answered, and keeps its records for --resume.
+            interrupted = True
             done = len(records) // len(configs)
             records = records[: done * len(configs)]
             questions = questions[:done]
@@ -204,7 +222,7 @@ def run(args: argparse.Namespace) -> int:
     rows = summarise(records, configs)
     meta = {
         "command": "samkv-rag bench " + " ".join(shlex.quote(a) for a in sys.argv[2:]),
-        "questions": len(questions), "docs": args.docs, "doc_tokens": args.doc_tokens, "model": args.model,
+        "questions": len(questions), "questions_planned": planned, "docs": args.docs, "doc_tokens": args.doc_tokens, "model": args.model,
         "device": str(engine.device), "dtype": str(engine.dtype), "cache_tier": args.cache_tier,
         "cache_state": cache_state, "split": split, "seed": seed, "answer_prefix": args.answer_prefix,
         "max_new_tokens": args.max_new_tokens, "two_hop_fraction": args.two_hop_fraction,
@@ -212,10 +230,48 @@ def run(args: argparse.Namespace) -> int:
         "confuser_fraction": args.confuser_fraction, "indirect_bridge_fraction": args.indirect_bridge_fraction,
     }
     files = write_report(args.out, rows, records, meta)
-    (args.out / "records.partial.jsonl").unlink()
+    if not interrupted:
+        (args.out / "records.partial.jsonl").unlink()
+        (args.out / "run.json").unlink()
     print((args.out / "results.md").read_text())
     print("wrote " + ", ".join(str(f) for f in files))
     return 0
+
+
+# Flags that do not change a run's records: a resumed run may differ in these only.
+_NOT_IDENTITY = {"out", "resume"}
+
+
+def _run_identity(args: argparse.Namespace) -> dict[str, Any]:
+    return {k: str(v) for k, v in sorted(vars(args).items()) if k not in _NOT_IDENTITY}
+
+
+def _write_run_identity(args: argparse.Namespace) -> None:
+    (args.out / "run.json").write_text(json.dumps(_run_identity(args), indent=1))
+
+
+def _resumed_records(args: argparse.Namespace, configs: int) -> list[dict[str, Any]]:
+    """The records of the questions an interrupted run in --out finished with every configuration.
+
+    Refuses a run made with other settings (its run.json differs), since its questions or rows
+    would not be the ones this command makes.
+    """
+    partial, identity = args.out / "records.partial.jsonl", args.out / "run.json"
+    if not partial.is_file() or not identity.is_file():
+        raise ValueError(f"nothing to resume in {args.out}: no records.partial.jsonl and run.json there")
+    recorded = json.loads(identity.read_text())
+    if recorded != _run_identity(args):
+        changed = sorted(k for k in recorded.keys() | _run_identity(args).keys()
+                         if recorded.get(k) != _run_identity(args).get(k))
+        raise ValueError(f"the run in {args.out} was made with other settings ({', '.join(changed)}); "
+                         "resume it with the same command")
+    records = []
+    for line in partial.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            break  # the line being written when the run stopped
+    return records[: len(records) // configs * configs]
 
 
 def _run_selection(engine, questions, configs, args: argparse.Namespace, split: str, seed: int) -> int:

@@ -122,6 +122,9 @@ def write_report(out: Path, rows: list[dict[str, Any]], records: list[dict[str, 
         f"{meta.get('cache_tier')} tier ({meta.get('cache_state')}); answers cut after their first sentence, "
         f"at most {meta.get('max_new_tokens')} new tokens.\n"
     )
+    if meta.get("questions_planned", meta.get("questions")) != meta.get("questions"):
+        setup += (f"\n**Interrupted: {meta.get('questions')} of the {meta.get('questions_planned')} "
+                  "questions planned** (the same command with `--resume` goes on).\n")
     parts = [f"# Benchmark results\n\n```\n{meta.get('command', '')}\n```\n", setup, markdown_table(rows),
              "\n## Against full (paired, percentage points)\n", comparison_table(rows),
              "\n## Stage times (ms, median)\n", stage_table(rows)]

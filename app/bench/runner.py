@@ -104,8 +104,9 @@ def run_questions(
     on_encoded: Callable[[list[DocumentKV], list[str]], None] | None = None,
     on_step: Callable[[dict[str, Any]], None] | None = None,
     before_generate: Callable[[], None] | None = None,
+    first_question: int = 0,
 ) -> list[dict[str, Any]]:
-    """One record per (question, configuration).
+    """One record per (question, configuration), from question `first_question` on.
 
     `on_encoded` receives each question's caches once (e.g. to store them); `source_factory`
     then opens them for every configuration, and the time it takes counts towards the time to
@@ -115,7 +116,7 @@ def run_questions(
     line; `hit_limit` says whether an answer ran into `max_new_tokens` before such an end.
     """
     records: list[dict[str, Any]] = []
-    for index, item in enumerate(questions):
+    for index, item in enumerate(questions[first_question:], start=first_question):
         documents = engine.encode_documents(list(item.documents)) if item.documents else []
         if on_encoded:
             on_encoded(documents, list(item.documents))

@@ -187,3 +187,46 @@ def test_selection_only_judges_what_each_configuration_keeps(tiny_engine, count_
     }
     table = selection_table(rows)
     assert "| full | 4 | all | 100.0 | 100.0 |" in table
+
+
+def test_an_interrupted_run_reports_what_it_finished_and_resumes_from_there(
+    tiny_checkpoint, tmp_path, monkeypatch, capsys
+):
+    import app.bench.runner as runner
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    out = tmp_path / "run"
+    flags = ["--model", str(tiny_checkpoint("llama")), "--device", "cpu", "--questions", "3", "--docs", "2",
+             "--doc-tokens", "40", "--methods", "full,naive", "--ablations", "", "--max-new-tokens", "3",
+             "--split", "dev", "--out", str(out)]
+    real = runner.run_questions
+
+    def stopped_at_the_third_record(*args, on_step, **kwargs):
+        made = []
+
+        def step(record):
+            if len(made) == 2:
+                raise KeyboardInterrupt
+            made.append(record)
+            on_step(record)
+
+        return real(*args, on_step=step, **kwargs)
+
+    monkeypatch.setattr(runner, "run_questions", stopped_at_the_third_record)
+    assert run(parser.parse_args(flags)) == 0
+    meta = json.loads((out / "results.json").read_text())["meta"]
+    assert (meta["questions"], meta["questions_planned"]) == (1, 3)
+    assert "Interrupted: 1 of the 3 questions planned" in (out / "results.md").read_text()
+    first = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    assert [(r["question_index"], r["label"]) for r in first] == [(0, "full"), (0, "naive")]
+
+    monkeypatch.setattr(runner, "run_questions", real)
+    assert run(parser.parse_args([*flags, "--max-new-tokens", "4", "--resume"])) == 2
+    assert "max_new_tokens" in capsys.readouterr().err
+    assert run(parser.parse_args([*flags, "--resume"])) == 0
+    records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    assert [r["question_index"] for r in records] == [0, 0, 1, 1, 2, 2]
+    assert records[:2] == first
+    assert not (out / "records.partial.jsonl").exists() and not (out / "run.json").exists()
+    assert run(parser.parse_args([*flags, "--resume"])) == 2
