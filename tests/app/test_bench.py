@@ -192,7 +192,7 @@ def test_selection_only_judges_what_each_configuration_keeps(tiny_engine, count_
 def test_an_interrupted_run_reports_what_it_finished_and_resumes_from_there(
     tiny_checkpoint, tmp_path, monkeypatch, capsys
 ):
-    import app.bench.runner as runner
+    from app.bench import runner
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)
