@@ -1,4 +1,4 @@
-"""Request and response models of the HTTP API (ARCHITECTURE.md, "Public HTTP surface")."""
+"""Request and response models of the HTTP API (docs/ARCHITECTURE.md, "Public HTTP surface")."""
 
 from __future__ import annotations
 
