@@ -1,6 +1,6 @@
 """Query latency and ingestion throughput of the index kinds, next to NumPy brute force.
 
-Run with ``python -m retrieval.benchmark``. Embedding 100k chunks with MiniLM on a small CPU
+Run with ``python -m app.bench.retrieval_bench``. Embedding 100k chunks with MiniLM on a small CPU
 takes too long, so embedding throughput is measured on a sample of real chunks, and the
 collections are made of those real embeddings repeated with small random perturbations
 (re-normalised). The output says so.
