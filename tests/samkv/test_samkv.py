@@ -120,23 +120,27 @@ BRIDGE = [
 ]
 
 
-def test_complementary_term_changes_what_the_bridged_document_keeps(embedded_engine):
+def test_summary_term_adds_the_words_that_link_the_bridge_to_the_answer(embedded_engine):
+    """The question alone keeps "port town of Tolvik" in document 2; the other documents' summary
+    queries add the block before it, " was born in the", which ties Edvin Marsk to the town."""
     docs = embedded_engine.encode_documents(BRIDGE)
     question = "In which town was the composer of the Harlow Suite born?"
     kept = {}
     for weight in (0.0, 1.0):
-        request, built = _prepare(
+        _, built = _prepare(
             embedded_engine, docs, question, keep_ratio=0.3, complement_mode="summary", complement_weight=weight,
             block_size=4,
         )
-        kept[weight] = set(built.keep[request.layout.doc_of[built.keep] == 2].tolist())
-    assert kept[0.0] != kept[1.0]
+        kept[weight] = set(built.kept_per_document[2])
+    added = sorted(kept[1.0] - kept[0.0])
+    assert added == [4, 5, 6, 7], "document 2's second block"
+    assert embedded_engine.tokenizer.decode(docs[2].token_ids[added].tolist()) == " was born in the"
     # complement=False switches the term off whatever its weight.
-    request, built = _prepare(
+    _, built = _prepare(
         embedded_engine, docs, question, keep_ratio=0.3, complement_mode="summary", complement_weight=1.0,
         complement=False, block_size=4,
     )
-    assert set(built.keep[request.layout.doc_of[built.keep] == 2].tolist()) == kept[0.0]
+    assert set(built.kept_per_document[2]) == kept[0.0]
 
 
 def test_peak_kv_of_samkv_is_a_fraction_of_full(tiny_engine):
@@ -197,15 +201,18 @@ def test_entity_tokens_are_capitalised_words_not_numbers(embedded_tokenizer):
 
 def test_second_stage_reprobe_reaches_the_bridged_document(embedded_engine):
     """The question names the Harlow Suite; only document 0 links it to Edvin Marsk, whose
-    birthplace is in document 2. The question over the first stage's cache must add document 2's blocks."""
+    birthplace is in document 2. The question over the first stage's cache must add document 2's
+    block " was born in the", the words that make the kept town Edvin Marsk's birthplace."""
     docs = embedded_engine.encode_documents(BRIDGE)
     question = "In which town was the composer of the Harlow Suite born?"
     kept = {}
     for weight in (0.0, 0.5):
-        request, built = _prepare(embedded_engine, docs, question, keep_ratio=0.3, block_size=4,
-                                complement_mode="reprobe", complement_weight=weight)
-        kept[weight] = set(built.keep[request.layout.doc_of[built.keep] == 2].tolist())
-    assert kept[0.0] != kept[0.5]
+        _, built = _prepare(embedded_engine, docs, question, keep_ratio=0.3, block_size=4,
+                            complement_mode="reprobe", complement_weight=weight)
+        kept[weight] = set(built.kept_per_document[2])
+    added = sorted(kept[0.5] - kept[0.0])
+    assert added == [4, 5, 6, 7], "document 2's second block"
+    assert embedded_engine.tokenizer.decode(docs[2].token_ids[added].tolist()) == " was born in the"
 
 
 def test_entity_matching_finds_the_same_name_in_another_document(embedded_engine):
