@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from app.settings import METHODS, Settings
+from app.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ def _parser() -> argparse.ArgumentParser:
 
     ask = commands.add_parser("ask", help="ask a question and stream the answer")
     ask.add_argument("question")
-    ask.add_argument("--method", choices=METHODS, help="reuse method (default: samkv)")
+    ask.add_argument("--method", help="reuse method, one of the engine's (default: samkv)")
     ask.add_argument("--keep-ratio", type=float)
     ask.add_argument("--top-k", type=int)
     ask.add_argument("--max-new-tokens", type=int)

@@ -7,10 +7,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from app.settings import METHODS
+from samkv.methods import METHODS
 
-Method = Literal["full", "naive", "cacheblend", "epic", "snapkv", "samkv"]
-assert set(Method.__args__) == set(METHODS)  # type: ignore[attr-defined]
+# The engine's registry names the methods; a new one appears in the schema without an edit here.
+Method = Literal[tuple(METHODS)]  # type: ignore[valid-type]
 Scalar = str | int | float | bool | None
 
 

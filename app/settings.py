@@ -7,8 +7,6 @@ from pathlib import Path
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-METHODS = ("full", "naive", "cacheblend", "epic", "snapkv", "samkv")
-
 
 class Settings(BaseSettings):
     """Service settings. Environment variables use the `SAMKV_` prefix (`REDIS_URL` is also read)."""
@@ -111,6 +109,9 @@ class Settings(BaseSettings):
     @field_validator("method")
     @classmethod
     def _known_method(cls, value: str) -> str:
+        # Imported here: the engine's registry loads torch, which a settings read should not.
+        from samkv.methods import METHODS
+
         if value not in METHODS:
             raise ValueError(f"unknown method {value!r}; expected one of {', '.join(METHODS)}")
         return value
