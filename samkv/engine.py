@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -248,6 +248,7 @@ class Engine:
         seed: int | None = None,
         score_answer: str | None = None,
         answer_prefix: str = "",
+        stop: Callable[[str], bool] | None = None,
         **params: Any,
     ) -> GenerationStream:
         """Answers `question` from `documents` (prompt order), yielding text pieces as decoded.
@@ -258,6 +259,7 @@ class Engine:
         log-probability per token over the same cache (what `answer_logprob` computes).
         `answer_prefix` starts the answer in the prompt (e.g. "The answer is:") so a small model
         replies with the answer itself; the text returned is what follows it.
+        `stop(text)`, called with the answer so far after each piece, ends decoding when true.
         """
         if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
             raise InvalidRequest(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
@@ -269,7 +271,7 @@ class Engine:
                 raise InvalidRequest("the answer to score is empty")
         extra = max(max_new_tokens, 0 if answer_ids is None else answer_ids.numel())
         request = self.request(question, documents, method, params, answer_prefix, extra)
-        return GenerationStream(Answering(self, request, max_new_tokens, sampler, answer_ids))
+        return GenerationStream(Answering(self, request, max_new_tokens, sampler, answer_ids), stop)
 
     def generate(self, question: str, documents: Documents = (), method: str = "samkv", **kwargs: Any) -> Generation:
         """Answers `question` from `documents`; same arguments as `stream`."""

@@ -9,7 +9,7 @@ tokens) or `score` (an answer, teacher-forced). `GenerationStream` only turns th
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -99,6 +99,11 @@ class Answering:
         self.stats: dict[str, Any] | None = None
         self.answer_logprob: float | None = None
         self.prepared: Prepared | None = None
+        self.stop_requested = False
+
+    def stop(self) -> None:
+        """Ends decoding after the token just yielded; the outcome is still set."""
+        self.stop_requested = True
 
     def tokens(self) -> Iterator[int]:
         """The answer's token ids as they are decoded."""
@@ -118,6 +123,8 @@ class Answering:
             first_token_at = first_token_at or time.perf_counter()
             generated += 1
             yield token
+            if self.stop_requested:
+                break
         finished = time.perf_counter()
         first_token_at = first_token_at or finished
         self.stats = _stats(prepared, started, first_token_at, finished, generated, decode_bytes)
@@ -154,8 +161,9 @@ def _stats(
 class GenerationStream:
     """Iterates over the answer's text pieces as they are decoded; `stats` is set at the end."""
 
-    def __init__(self, answering: Answering) -> None:
+    def __init__(self, answering: Answering, stop: Callable[[str], bool] | None = None) -> None:
         self.answering = answering
+        self.stop = stop
         self.token_ids: list[int] = []
         self.text = ""
         self.stats: dict[str, Any] | None = None
@@ -172,6 +180,8 @@ class GenerationStream:
             if piece:
                 self.text += piece
                 yield piece
+                if self.stop is not None and self.stop(self.text):
+                    self.answering.stop()
         tail = pieces.flush()
         if tail:
             self.text += tail

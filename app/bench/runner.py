@@ -16,7 +16,7 @@ from app.bench.metrics import (
     f1,
     normalize,
 )
-from app.bench.sentences import cut_answer
+from app.bench.sentences import cut_answer, first_sentence_ended
 from samkv import DocumentKV, DocumentSource, Engine
 from samkv.methods import method_info
 
@@ -130,7 +130,8 @@ def run_questions(
             open_ms = (time.perf_counter() - opened) * 1000
             out = engine.generate(
                 item.question, source, config.method, max_new_tokens=max_new_tokens,
-                score_answer=item.answers[0], answer_prefix=answer_prefix, **config.params,
+                score_answer=item.answers[0], answer_prefix=answer_prefix, stop=first_sentence_ended,
+                **config.params,
             )
             answer, hit_limit = cut_answer(out.text, out.stats["generated_tokens"], max_new_tokens)
             if config.method == "full" and not config.params:

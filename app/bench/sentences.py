@@ -49,3 +49,12 @@ def cut_answer(text: str, generated_tokens: int, max_new_tokens: int) -> tuple[s
     limit before any such end (the answer may be incomplete)."""
     answer, ended = first_sentence(text)
     return answer, generated_tokens >= max_new_tokens and not ended
+
+
+def first_sentence_ended(text: str) -> bool:
+    """Whether decoding may stop: the answer so far has a line break, or a sentence end that
+    another sentence follows (a full stop alone may still become "3.5" or "J. Smith")."""
+    stripped = text.lstrip()
+    line, newline, _ = stripped.partition("\n")
+    return bool(newline) or next(sentence_ends(line), None) is not None
+

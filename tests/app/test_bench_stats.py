@@ -8,7 +8,7 @@ import pytest
 from app.bench.protocol import SPLITS, resolve_seed, split_of
 from app.bench.report import comparison_table, stage_table
 from app.bench.runner import MethodConfig
-from app.bench.sentences import cut_answer, first_sentence, split_sentences
+from app.bench.sentences import cut_answer, first_sentence, first_sentence_ended, split_sentences
 from app.bench.stats import mcnemar_exact, mean_difference_ci, paired_comparison
 from app.bench.summary import aggregate, summarise
 
@@ -139,3 +139,16 @@ def test_seed_splits_keep_dev_and_test_apart():
     assert split_of(7) == "scratch"
     with pytest.raises(ValueError, match="seed 1000 is not a dev seed"):
         resolve_seed("dev", 1000)
+
+
+@pytest.mark.parametrize(("text", "ended"), [
+    ("1993.", False),  # may still become "1993.5" or go on
+    (" 3.5 units", False),
+    ("J. Smith", False),
+    ("Velvik. It", True),
+    ("Velvik\n", True),
+    ("\n Velvik", False),  # leading whitespace is not the answer's line break
+])
+def test_decoding_stops_once_the_first_sentence_has_surely_ended(text, ended):
+    assert first_sentence_ended(text) is ended
+

@@ -97,3 +97,24 @@ def test_answer_prefix_starts_the_answer_turn(tiny_engine):
     assert led.token_ids == [expected]
     plain = engine.generate(question, docs, method="full", max_new_tokens=1)
     assert plain.stats["kv_bytes_decode"] < led.stats["kv_bytes_decode"]
+
+
+def test_a_stop_callback_ends_decoding_with_the_outcome_set(tiny_engine):
+    engine = tiny_engine("llama")
+    docs = engine.encode_documents(DOCUMENTS)
+    whole = engine.generate("Who is the harbour master?", docs, method="samkv", max_new_tokens=12)
+    assert len(whole.token_ids) == 12  # a random model never emits its stop token this early
+    seen: list[str] = []
+
+    def after_three_pieces(text: str) -> bool:
+        seen.append(text)
+        return len(seen) == 3
+
+    stopped = engine.generate("Who is the harbour master?", docs, method="samkv", max_new_tokens=12,
+                              stop=after_three_pieces)
+    assert len(seen) == 3
+    assert stopped.text == seen[-1] and whole.text.startswith(stopped.text)
+    assert stopped.token_ids == whole.token_ids[: len(stopped.token_ids)]
+    assert len(stopped.token_ids) < 12
+    assert stopped.stats["generated_tokens"] == len(stopped.token_ids)
+    assert stopped.kept_per_document == whole.kept_per_document
