@@ -30,7 +30,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
     if args.command in ("bench", "bench-store", "bench-load"):
-        return _bench(args.command, extra)
+        from app.bench.commands import run_command
+
+        return run_command(args.command, extra)
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(
@@ -126,25 +128,6 @@ def _settings(args: argparse.Namespace) -> Settings:
         if getattr(args, name, None) is not None
     }
     return Settings(**overrides)
-
-
-def _bench(command: str, argv: list[str]) -> int:
-    try:
-        from app.bench import command as bench
-    except ImportError as error:
-        print(f"error: the benchmark is not available ({error})", file=sys.stderr)
-        return 1
-    parser = argparse.ArgumentParser(prog=f"samkv-rag {command}")
-    if command == "bench":
-        bench.add_arguments(parser)
-        return bench.run(parser.parse_args(argv)) or 0
-    if command == "bench-load":
-        from app.bench import load
-
-        load.add_arguments(parser)
-        return load.run(parser.parse_args(argv))
-    bench.add_store_arguments(parser)
-    return bench.run_store(parser.parse_args(argv)) or 0
 
 
 # --- serve ----------------------------------------------------------------------------------
