@@ -220,7 +220,6 @@ def converted_checkpoint(name: str, cache_dir: Path | None = None) -> Path:
         _convert(entry.stage_gguf(gguf_dir), staging)
         os.replace(staging, target)
     except OSError as error:
-        shutil.rmtree(staging, ignore_errors=True)
         # Another process may have finished the same conversion first; its copy is as good.
         if (target / "config.json").is_file():
             return target

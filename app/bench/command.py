@@ -259,10 +259,9 @@ def _resumed_records(args: argparse.Namespace, configs: int) -> list[dict[str, A
     partial, identity = args.out / "records.partial.jsonl", args.out / "run.json"
     if not partial.is_file() or not identity.is_file():
         raise ValueError(f"nothing to resume in {args.out}: no records.partial.jsonl and run.json there")
-    recorded = json.loads(identity.read_text())
-    if recorded != _run_identity(args):
-        changed = sorted(k for k in recorded.keys() | _run_identity(args).keys()
-                         if recorded.get(k) != _run_identity(args).get(k))
+    recorded, wanted = json.loads(identity.read_text()), _run_identity(args)
+    if recorded != wanted:
+        changed = sorted(k for k in recorded.keys() | wanted.keys() if recorded.get(k) != wanted.get(k))
         raise ValueError(f"the run in {args.out} was made with other settings ({', '.join(changed)}); "
                          "resume it with the same command")
     records = []
