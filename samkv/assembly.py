@@ -40,6 +40,8 @@ class Plan:
     # [layers, KVH, B] sorted context indices that each layer's KV head keeps, when heads keep
     # different tokens (stored KV only); `keep` is then every token some head keeps.
     head_keep: torch.Tensor | None = None
+    # Recomputed KV written as fuse · fresh + (1 − fuse) · stored; 1 keeps the fresh KV alone.
+    fuse: float = 1.0
 
     @property
     def cached_tokens(self) -> int:
@@ -140,6 +142,8 @@ def assemble(
         raise ValueError("a plan that reads no stored KV must recompute every context token")
     if plan.head_keep is not None and rows.numel():
         raise ValueError("a plan whose heads keep different tokens cannot recompute any")
+    if not 0.0 <= plan.fuse <= 1.0 or (plan.fuse < 1.0 and not plan.reads_stored):
+        raise ValueError("fuse must be in [0, 1], and below 1 only for a plan that reads stored KV")
     keep_slots = torch.cat([torch.arange(P), P + plan.keep]).to(ops.device)
     narrowing_at = {narrowing.layer: narrowing for narrowing in plan.narrowings}
     shared = torch.zeros(N, dtype=torch.bool)
@@ -162,6 +166,9 @@ def assemble(
             chosen = None
             if layer in narrowing_at:
                 chosen = narrowing_at[layer].choose(k, v, keys[:, slots], values[:, slots])
+            if plan.fuse < 1.0:
+                k = plan.fuse * k + (1.0 - plan.fuse) * keys[:, slots]
+                v = plan.fuse * v + (1.0 - plan.fuse) * values[:, slots]
             keys[:, slots], values[:, slots] = k, v
             hidden = ops.finish(layer, hidden, attention(ops, q, keys, values, meter))
             if chosen is not None:

@@ -25,6 +25,7 @@ class Observation:
     probs: torch.Tensor  # [H, T, P + N + T] attention of the new tokens, after softmax
     keys: torch.Tensor  # [KVH, P + N + T, d] aligned keys of the layer, the new tokens' last
     parts: list[LayerKV]  # the stored layer of every document, as read
+    queries: torch.Tensor  # [H, T, d] the new tokens' queries, before RoPE
 
 
 @torch.inference_mode()
@@ -48,7 +49,7 @@ def observe(
         q, k, v = ops.qkv(layer, hidden)
         keys[:, P + N :], values[:, P + N :] = ops.rope(k, positions), v
         probs = ops.attention_probs(ops.rope(q, positions), keys, mask)  # [H, T, P + N + T]
-        yield Observation(layer, probs, keys, parts)
+        yield Observation(layer, probs, keys, parts, q)
         out = torch.matmul(probs.to(ops.dtype), values.repeat_interleave(group, dim=0))  # [H, T, d]
         hidden = ops.finish(layer, hidden, out.transpose(0, 1).reshape(T, -1))
         meter.release(keys, values)
