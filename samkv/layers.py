@@ -15,6 +15,9 @@ from transformers import PreTrainedModel
 
 # Rows of queries per attention call: bounds the mask and score memory on long contexts.
 QUERY_CHUNK = 4096
+# Rotary types whose angle for a position depends on the longest position of the call; every
+# other type gives a position the same angle in any call, so one table serves all calls.
+_CALL_DEPENDENT_ROPE = ("dynamic", "longrope")
 
 
 @dataclass(frozen=True)
@@ -51,13 +54,34 @@ class ModelOps:
         self.scale = head_dim**-0.5
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
+        rope_type = getattr(self.decoder.rotary_emb, "rope_type", "default")
+        self._tabled_rope = not any(kind in rope_type for kind in _CALL_DEPENDENT_ROPE)
+        # cos, sin [positions, head_dim] of positions 0 .. len - 1, grown on demand; replaced
+        # whole (never written in place), so a request on another thread reads a complete table.
+        self._rotary_table: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def embed(self, token_ids: torch.Tensor) -> torch.Tensor:
         """[T] ids -> [T, hidden]."""
         return self.decoder.embed_tokens(token_ids.to(self.device))
 
     def rotary(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin of the model's own rotary embedding (scaled variants included): [T, head_dim] each."""
+        """cos, sin of the model's own rotary embedding (scaled variants included): [T, head_dim] each.
+
+        Every layer and pass of a request rotates to the same positions, so the angles come from
+        a table of the model's rotary embedding computed once, not recomputed per call.
+        """
+        if not self._tabled_rope or positions.numel() == 0:
+            return self._rotary_of(positions)
+        table = self._rotary_table
+        needed = int(positions.max()) + 1
+        if table is None or table[0].shape[0] < needed:
+            size = max(needed, 2 * table[0].shape[0] if table is not None else 1024)
+            table = self._rotary_of(torch.arange(size))
+            self._rotary_table = table
+        index = positions.to(self.device)
+        return table[0][index], table[1][index]
+
+    def _rotary_of(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         probe = torch.empty(0, dtype=self.dtype, device=self.device)
         cos, sin = self.decoder.rotary_emb(probe, positions.to(self.device)[None])
         return cos[0], sin[0]

@@ -1,0 +1,26 @@
+"""What a request spends beyond the model's own compute."""
+
+from __future__ import annotations
+
+from tests.conftest import DOCUMENTS
+
+QUESTION = "What is the vault code at the Oriel bank?"
+METHODS = [("samkv", {"keep_ratio": 0.3, "block_size": 4}), ("snapkv", {"keep_ratio": 0.3}), ("cacheblend", {})]
+
+
+def test_rotary_angles_are_computed_once_not_per_layer(tiny_engine, monkeypatch):
+    engine = tiny_engine("llama")
+    docs = engine.encode_documents(DOCUMENTS)
+    engine.generate(QUESTION, docs, "samkv", max_new_tokens=2)  # the table now spans the prompt
+    rotary = engine.ops.decoder.rotary_emb
+    calls = []
+    original = rotary.forward
+
+    def counted(x, position_ids):
+        calls.append(position_ids.shape[-1])
+        return original(x, position_ids)
+
+    monkeypatch.setattr(rotary, "forward", counted)
+    for method, params in METHODS:
+        engine.generate(QUESTION, docs, method, max_new_tokens=2, **params)
+    assert calls == []
