@@ -124,11 +124,20 @@ class ModelOps:
 
     def attention_probs(self, q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Explicit softmax attention weights [H, T, S] of q [H, T, d] over k [KVH, S, d], in float32."""
-        group = self.shape.num_heads // self.shape.num_kv_heads
-        keys = k.repeat_interleave(group, dim=0).float()  # [H, S, d]
-        scores = torch.matmul(q.float(), keys.transpose(1, 2)) * self.scale  # [H, T, S]
-        scores = scores.masked_fill(~mask, float("-inf"))
+        kv_heads, length = k.shape[0], k.shape[1]
+        heads, tokens = q.shape[0], q.shape[1]
+        # Query heads h sharing KV head h // group stacked as rows: no repeated copy of the keys.
+        grouped = q.float().reshape(kv_heads, (heads // kv_heads) * tokens, q.shape[2])
+        scores = torch.matmul(grouped, k.float().transpose(1, 2)) * self.scale  # [KVH, group * T, S]
+        scores = scores.view(heads, tokens, length).masked_fill(~mask, float("-inf"))
         return torch.softmax(scores, dim=-1)
+
+    def weigh_values(self, probs: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Attention output [T, H * d] of weights probs [H, T, S] over values v [KVH, S, d]."""
+        kv_heads, heads, tokens = v.shape[0], probs.shape[0], probs.shape[1]
+        grouped = probs.to(v.dtype).reshape(kv_heads, (heads // kv_heads) * tokens, probs.shape[2])
+        out = torch.matmul(grouped, v).view(heads, tokens, v.shape[2])  # [H, T, d]
+        return out.transpose(0, 1).reshape(tokens, -1)
 
     def finish(self, layer: int, hidden: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:
         """Output projection, residuals and MLP: the layer's output hidden states [T, hidden]."""

@@ -40,7 +40,6 @@ def observe(
     P, N, T = layout.prefix_len, layout.context_len, int(token_ids.shape[0])
     positions = positions.to(ops.device)
     mask = mask.to(ops.device)
-    group = ops.shape.num_heads // ops.shape.num_kv_heads
     hidden = ops.embed(token_ids)  # [T, hidden]
     for layer in range(last_layer + 1):
         parts = context.source.read_layer(layer)
@@ -50,6 +49,5 @@ def observe(
         keys[:, P + N :], values[:, P + N :] = ops.rope(k, positions), v
         probs = ops.attention_probs(ops.rope(q, positions), keys, mask)  # [H, T, P + N + T]
         yield Observation(layer, probs, keys, parts, q)
-        out = torch.matmul(probs.to(ops.dtype), values.repeat_interleave(group, dim=0))  # [H, T, d]
-        hidden = ops.finish(layer, hidden, out.transpose(0, 1).reshape(T, -1))
+        hidden = ops.finish(layer, hidden, ops.weigh_values(probs, values))
         meter.release(keys, values)

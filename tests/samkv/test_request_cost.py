@@ -1,6 +1,9 @@
-"""What a request spends beyond the model's own compute."""
+"""What a request spends beyond the model's own compute: rotary tables, repeated KV, stored reads."""
 
 from __future__ import annotations
+
+import pytest
+import torch
 
 from tests.conftest import DOCUMENTS
 
@@ -24,3 +27,20 @@ def test_rotary_angles_are_computed_once_not_per_layer(tiny_engine, monkeypatch)
     for method, params in METHODS:
         engine.generate(QUESTION, docs, method, max_new_tokens=2, **params)
     assert calls == []
+
+
+@pytest.mark.parametrize("method, params", METHODS)
+def test_no_key_or_value_is_repeated_per_query_head(tiny_engine, monkeypatch, method, params):
+    """Grouped-query attention reads each KV head once for its group of query heads."""
+    engine = tiny_engine("llama")
+    assert engine.ops.shape.num_heads > engine.ops.shape.num_kv_heads
+    docs = engine.encode_documents(DOCUMENTS)
+    original = torch.Tensor.repeat_interleave
+
+    def refuse(self, *args, **kwargs):
+        if self.is_floating_point():
+            raise AssertionError("KV repeated per query head")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "repeat_interleave", refuse)
+    engine.generate(QUESTION, docs, method, max_new_tokens=2, **params)
