@@ -12,12 +12,13 @@ import torch
 
 from samkv.methods.base import PlanContext
 from samkv.methods.samkv.entity import bridge_entities, entity_match_scores
+from samkv.methods.samkv.packet import packet_scores
 from samkv.methods.samkv.probe import ProbeScores, run_probe
 from samkv.methods.samkv.reprobe import reprobe_scores
 
 
 class Evidence(Protocol):
-    """The three looks SamKV may take at the contexts."""
+    """The four looks SamKV may take at the contexts."""
 
     def probe(self, layers: range, with_complement: bool, summary_window: int) -> ProbeScores:
         """The question and neutral probes (and the summary term) averaged over `layers`."""
@@ -29,6 +30,10 @@ class Evidence(Protocol):
 
     def entity_match(self, anchors: torch.Tensor, layers: range, threshold: float, max_contexts: int) -> torch.Tensor:
         """[N] second-stage scores: key similarity to the bridge entities among `anchors`."""
+        ...
+
+    def packet(self, sink: int, local: int, layers: range, window: int) -> torch.Tensor:
+        """[N] "packet" scores: each token's key against its document's complementary query."""
         ...
 
 
@@ -53,3 +58,7 @@ class StoredEvidence:
             return entity_match_scores(
                 context.source, context.layout, anchors, entities, layers, threshold, max_contexts
             )
+
+    def packet(self, sink: int, local: int, layers: range, window: int) -> torch.Tensor:
+        with self.context.clock.stage("probe"):
+            return packet_scores(self.context, sink, local, layers, window)

@@ -11,9 +11,26 @@ from samkv.assembly import Plan
 from samkv.layout import Layout
 from samkv.methods.base import Method, PlanContext, check_layer_band, check_ratio, nothing, require
 from samkv.methods.samkv.evidence import Evidence, StoredEvidence
-from samkv.selection import block_index, block_max, max_pool_within_documents, select_blocks, zscore
+from samkv.methods.samkv.packet import (
+    anchor_shares,
+    packet_keep,
+    reserved_tokens,
+    select_per_document,
+    split_budget,
+)
+from samkv.selection import (
+    block_index,
+    block_max,
+    budget_of,
+    max_pool_within_documents,
+    select_blocks,
+    zscore,
+)
 
-COMPLEMENT_MODES = ("summary", "reprobe", "entity")
+COMPLEMENT_MODES = ("summary", "reprobe", "entity", "packet")
+# "packet" mode's own defaults where the shared fields are left at None.
+PACKET_FUSE = 0.9
+PACKET_STABLE_LAYERS = 4
 DEBIAS_MODES = ("ratio", "difference", "none")
 
 
@@ -30,7 +47,14 @@ class SamKV(Method):
       with the blocks scoring highest on max z(match to a bridge) + max s within the block;
     - "reprobe": the same two stages, the second scored by the question re-probed over the
       first stage's cache (samkv.methods.samkv.reprobe);
-    - "summary": s + λ·z(c), `c` the attention of the other contexts' summary queries.
+    - "summary": s + λ·z(c), `c` the attention of the other contexts' summary queries;
+    - "packet" (samkv.methods.samkv.packet; λ unused): no probe; every context's `sink_tokens`
+      first and `local_tokens` last tokens are kept, and its other tokens, in blocks, are scored
+      by their keys against the question query plus the other contexts' document queries, over
+      the `stable_layers`.
+    `adaptive_share` (default: on in "packet" only) splits B across contexts by the anchor rule
+    of samkv.methods.samkv.packet instead of taking the best blocks over all contexts. `fuse`
+    (default: 0.9 in "packet", else 1) writes recomputed KV as fuse·fresh + (1 − fuse)·stored.
     """
 
     name = "samkv"
@@ -55,13 +79,18 @@ class SamKV(Method):
     match_threshold: float = 0.9
     bridge_blocks: int = 4
     bridge_contexts: int = 2
+    adaptive_share: bool | None = None  # None: the mode's own (True in "packet", else False)
+    fuse: float | None = None  # None: the mode's own (PACKET_FUSE in "packet", else 1)
+    sink_tokens: int = 4  # "packet" and adaptive_share: each context's first tokens
+    local_tokens: int = 8  # ... and its last ones (as many as the stored summary queries)
+    stable_layers: tuple[int, int] | None = None  # "packet"'s layers; default: the last PACKET_STABLE_LAYERS
 
     def __post_init__(self) -> None:
         check_ratio("keep_ratio", self.keep_ratio)
         require(self.complement_mode in COMPLEMENT_MODES,
                 f"complement_mode must be one of {', '.join(COMPLEMENT_MODES)}, got {self.complement_mode!r}")
         require(self.complement_weight >= 0, f"complement_weight must be >= 0, got {self.complement_weight!r}")
-        require(self.complement_mode == "summary" or self.complement_weight < 1,
+        require(self.complement_mode in ("summary", "packet") or self.complement_weight < 1,
                 f"complement_weight is the second stage's share of the budget in mode "
                 f"{self.complement_mode!r}; it must be below 1, got {self.complement_weight!r}")
         require(self.debias in DEBIAS_MODES,
@@ -82,16 +111,60 @@ class SamKV(Method):
                 "min_budget_blocks_per_context must be a non-negative integer")
         require(isinstance(self.min_blocks_per_context, int) and self.min_blocks_per_context >= 0,
                 "min_blocks_per_context must be a non-negative integer")
+        require(self.adaptive_share is None or isinstance(self.adaptive_share, bool),
+                f"adaptive_share must be True, False or None, got {self.adaptive_share!r}")
+        require(self.fuse is None or (isinstance(self.fuse, (int, float)) and 0 <= self.fuse <= 1),
+                f"fuse must be in [0, 1] (or None for the mode's own), got {self.fuse!r}")
+        require(isinstance(self.sink_tokens, int) and isinstance(self.local_tokens, int)
+                and min(self.sink_tokens, self.local_tokens) >= 0 and self.sink_tokens + self.local_tokens >= 1,
+                "sink_tokens and local_tokens must be non-negative integers, at least one of them positive")
+        require(self.global_budget or not (self.uses_packet or self.shares_adaptively),
+                "global_budget=False gives each context its own ⌈ρL_i⌉, while adaptive_share and the packet "
+                "mode split B across contexts themselves; choose one")
 
     @property
     def uses_complement(self) -> bool:
         return self.complement and self.complement_weight > 0
+
+    @property
+    def uses_packet(self) -> bool:
+        return self.uses_complement and self.complement_mode == "packet"
+
+    @property
+    def shares_adaptively(self) -> bool:
+        """Whether B is split across contexts by the anchor rule."""
+        return self.uses_packet if self.adaptive_share is None else self.adaptive_share
+
+    @property
+    def fuse_weight(self) -> float:
+        """The weight of freshly recomputed KV against the stored KV of the same tokens."""
+        if self.fuse is None:
+            return PACKET_FUSE if self.uses_packet else 1.0
+        return float(self.fuse)
 
     def plan(self, context: PlanContext) -> Plan:
         return self.plan_over(StoredEvidence(context), context.layout, context.num_layers)
 
     def plan_over(self, evidence: Evidence, layout: Layout, num_layers: int) -> Plan:
         """The plan, given what the probes see: the selection alone, without the model."""
+        if self.uses_packet:
+            keep = self._packet_select(evidence, layout, num_layers)
+        else:
+            keep = self._probe_select(evidence, layout, num_layers)
+        return Plan(keep=keep, recompute=keep if self.recompute else nothing(), fuse=self.fuse_weight)
+
+    def _packet_select(self, evidence: Evidence, layout: Layout, num_layers: int) -> torch.Tensor:
+        if layout.context_len == 0:
+            return nothing()
+        default_band = (max(0, num_layers - PACKET_STABLE_LAYERS), num_layers)
+        stable = check_layer_band(self.stable_layers or default_band, num_layers)
+        scores = evidence.packet(self.sink_tokens, self.local_tokens, stable, self.summary_window)
+        budget = budget_of(self._ratio(layout), layout.context_len)
+        return packet_keep(scores, layout, budget, self.sink_tokens, self.local_tokens, self.block_size,
+                           self.shares_adaptively)
+
+    def _probe_select(self, evidence: Evidence, layout: Layout, num_layers: int) -> torch.Tensor:
+        """The kept tokens of every mode but "packet": the question probe, then the complement."""
         # The last layers add little to where the question looks and cost a fifth of the probe
         # (measured: answer recall equal or better without them).
         default_band = (0, max(1, math.ceil(self.probe_depth * num_layers)))
@@ -110,9 +183,8 @@ class SamKV(Method):
                 second = zscore(evidence.reprobe(keep, band))
             else:
                 second = self._bridge_scores(scores, keep, evidence, layout, num_layers)
-            second[keep] = float("inf")  # the first stage's tokens stay; B is filled around them
-            keep = self._select(second, layout, ratio)
-        return Plan(keep=keep, recompute=keep if self.recompute else nothing())
+            keep = self._select(second, layout, ratio, around=keep)
+        return keep
 
     def _ratio(self, layout: Layout) -> float:
         """ρ, raised so that B holds `min_budget_blocks_per_context` blocks per context: on a few
@@ -153,11 +225,30 @@ class SamKV(Method):
         floor = self.debias_smoothing / max(1, question.numel())
         return torch.log(question + floor) - torch.log(neutral + floor)
 
-    def _select(self, scores: torch.Tensor, layout: Layout, ratio: float) -> torch.Tensor:
-        scores = max_pool_within_documents(scores, layout, self.pool_width)
-        return select_blocks(
-            scores, layout, ratio, self.block_size, self.min_blocks_per_context, self.global_budget,
-        )
+    def _select(
+        self, scores: torch.Tensor, layout: Layout, ratio: float, around: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """ρN tokens by `scores`, `around`'s tokens (an earlier stage's) kept first."""
+        ranked = scores.clone()
+        if around is not None:
+            ranked[around] = float("inf")  # the earlier stage's tokens stay; B is filled around them
+        ranked = max_pool_within_documents(ranked, layout, self.pool_width)
+        if not self.shares_adaptively:
+            return select_blocks(
+                ranked, layout, ratio, self.block_size, self.min_blocks_per_context, self.global_budget,
+            )
+        # Each context gets what it already holds plus its share of the rest of B, by the anchor
+        # rule on this stage's own scores (an earlier stage's +inf would say nothing).
+        lengths = torch.tensor(layout.lengths, dtype=torch.long)
+        held = torch.zeros_like(lengths)
+        if around is not None:
+            held = torch.bincount(layout.doc_of[around], minlength=layout.num_docs)
+        anchors = reserved_tokens(layout, self.sink_tokens, self.local_tokens)
+        shares = anchor_shares(scores, layout, anchors, self.block_size)
+        room = lengths - held
+        left = budget_of(ratio, layout.context_len) - int(held.sum())
+        budgets = held + split_budget(left, shares * room, room)
+        return select_per_document(ranked, layout, budgets, self.block_size, self.min_blocks_per_context)
 
 
 
