@@ -76,7 +76,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--methods", type=_methods, default=_methods(ALL_METHODS))
     parser.add_argument("--keep-ratios", type=_floats, default=[0.15], help="e.g. 0.05,0.1,0.15,0.25,0.5")
     parser.add_argument("--ablations", default="complement=False,recompute=False,global_budget=False",
-                        help="samkv ablations run at --ablation-ratio ('' for none)")
+                        help="samkv ablations run at --ablation-ratio, named (complement=False, ...) or "
+                             "any parameter=value, e.g. complement_mode=packet ('' for none)")
     parser.add_argument("--ablation-ratio", type=float, default=0.15)
     parser.add_argument("--max-new-tokens", type=int, default=32,
                         help="decoding limit; answers are cut after their first sentence or line, and the "
@@ -108,19 +109,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "of the questions it finished, start at the next one")
 
 
-def _parse_value(text: str) -> Any:
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    if text in ("True", "False"):
-        return text == "True"
-    if "," in text:
-        return tuple(_parse_value(part) for part in text.split(","))
-    return text
-
-
 def store_source_factory(kind: str, engine, directory: Path, redis_url: str):
     """Puts each question's caches into one tier; returns (put, source) callables for the runner."""
     from kvstore import DiskTier, MemoryTier, RedisTier, TieredStore
@@ -148,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
     from app.bench.prose import ProseCorpus
     from app.bench.protocol import resolve_seed
     from app.bench.report import write_report
-    from app.bench.runner import method_configs, run_questions
+    from app.bench.runner import method_configs, parse_value, run_questions
     from app.bench.summary import summarise
     from samkv import Engine
 
@@ -170,10 +158,14 @@ def run(args: argparse.Namespace) -> int:
                                         args.confuser_fraction, args.indirect_bridge_fraction)
     ablations = [a for a in args.ablations.split(",") if a.strip()]
     samkv_params = dict(p.split("=", 1) for p in args.samkv_param)
-    configs = method_configs(
-        args.methods, args.keep_ratios, ablations, args.ablation_ratio,
-        {"samkv": {k: _parse_value(v) for k, v in samkv_params.items()}},
-    )
+    try:
+        configs = method_configs(
+            args.methods, args.keep_ratios, ablations, args.ablation_ratio,
+            {"samkv": {k: parse_value(v) for k, v in samkv_params.items()}},
+        )
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     args.out.mkdir(parents=True, exist_ok=True)
     if args.selection_only:
         return _run_selection(engine, questions, configs, args, split, seed)

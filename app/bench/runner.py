@@ -32,6 +32,32 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "complement=reprobe": {"complement_mode": "reprobe", "complement_weight": 0.3},
     "complement=entity": {"complement_mode": "entity", "complement_weight": 0.3},
 }
+
+
+def parse_value(text: str) -> Any:
+    """A parameter's value written on the command line: an int, a float, a bool, a tuple (a,b) or text."""
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    if text in ("True", "False"):
+        return text == "True"
+    if "," in text:
+        return tuple(parse_value(part) for part in text.split(","))
+    return text
+
+
+def ablation_params(name: str) -> dict[str, Any]:
+    """The samkv parameters of ablation `name`: one of ABLATIONS, or any `parameter=value`."""
+    if name in ABLATIONS:
+        return ABLATIONS[name]
+    key, equals, value = name.partition("=")
+    if not equals or not key.strip():
+        raise ValueError(f"unknown ablation {name!r}: one of {', '.join(ABLATIONS)}, or parameter=value")
+    return {key.strip(): parse_value(value.strip())}
+
+
 # The stats every record keeps besides the stage times (every stats key ending in "_ms").
 STAT_KEYS = ("tokens_per_s", "kv_bytes_decode", "kv_bytes_peak", "recomputed_tokens", "kept_tokens",
              "context_tokens", "generated_tokens")
@@ -86,7 +112,7 @@ def method_configs(
         for name in ablations:
             configs.append(
                 MethodConfig(f"samkv[{name}]@{ablation_ratio:g}", "samkv", ablation_ratio,
-                             {**base, "keep_ratio": ablation_ratio, **ABLATIONS[name]})
+                             {**base, "keep_ratio": ablation_ratio, **ablation_params(name)})
             )
     return configs
 
