@@ -22,6 +22,7 @@ from samkv.layout import Layout
 from samkv.methods import PlanContext, make_method
 from samkv.prompt import PromptTemplate, PromptTokenizer
 from samkv.request import Prepared, Request
+from samkv.request_source import RequestSource
 from samkv.runtime import LoadedModel, load_model
 from samkv.stages import StageClock, TimedSource
 
@@ -224,17 +225,23 @@ class Engine:
     def prepare(self, request: Request, extra: int) -> Prepared:
         """Runs the method: the decoding cache [P ; kept context] with room for `extra` tokens.
 
-        Stored KV reads are timed as "load", the method's looking as "probe", the rest of its
-        decision as "select", and the assembly with its recomputation as "assemble".
+        Each stored layer is read once per request (`RequestSource`), the next one while the
+        current one is used. The waits for stored KV are timed as "load", the method's looking as
+        "probe", the rest of its decision as "select", and the assembly with its recomputation as
+        "assemble".
         """
         meter, clock = KVMeter(), StageClock()
-        source = TimedSource(request.source, clock)
-        plan = self._plan(request, source, meter, clock)
-        with clock.stage("assemble"):
-            cache = self.new_cache(self.prefix_len + plan.cached_tokens + extra, meter)
-            recomputed = assemble(
-                self.ops, self.prefix, source, request.layout, request.context_ids, plan, cache, meter
-            )
+        reads = RequestSource(request.source, self.ops.shape.num_layers)
+        try:
+            source = TimedSource(reads, clock)
+            plan = self._plan(request, source, meter, clock)
+            with clock.stage("assemble"), reads.final_pass():
+                cache = self.new_cache(self.prefix_len + plan.cached_tokens + extra, meter)
+                recomputed = assemble(
+                    self.ops, self.prefix, source, request.layout, request.context_ids, plan, cache, meter
+                )
+        finally:
+            reads.close()
         return Prepared(request, cache, meter, clock, plan.keep, recomputed, plan.cached_tokens)
 
     def stream(
@@ -283,7 +290,11 @@ class Engine:
         """Sorted context indices [K] that `method` keeps for `question`, without assembling or decoding."""
         request = self.request(question, documents, method, params, answer_prefix)
         clock = StageClock()
-        return self._plan(request, TimedSource(request.source, clock), KVMeter(), clock).keep
+        reads = RequestSource(request.source, self.ops.shape.num_layers)
+        try:
+            return self._plan(request, TimedSource(reads, clock), KVMeter(), clock).keep
+        finally:
+            reads.close()
 
     def question_logits(self, question: str, documents: Documents = (), method: str = "samkv", **params: Any) -> torch.Tensor:
         """Logits [vocab] of the first answer token: what the identity checks compare."""

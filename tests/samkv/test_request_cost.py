@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from samkv.document import InMemorySource
 from tests.conftest import DOCUMENTS
 
 QUESTION = "What is the vault code at the Oriel bank?"
@@ -44,3 +45,30 @@ def test_no_key_or_value_is_repeated_per_query_head(tiny_engine, monkeypatch, me
 
     monkeypatch.setattr(torch.Tensor, "repeat_interleave", refuse)
     engine.generate(QUESTION, docs, method, max_new_tokens=2, **params)
+
+
+class CountingSource:
+    """Documents in memory whose layer reads are counted."""
+
+    def __init__(self, documents) -> None:
+        self.inner = InMemorySource(documents)
+        self.reads: list[int] = []
+
+    @property
+    def documents(self):
+        return self.inner.documents
+
+    def read_layer(self, layer):
+        self.reads.append(layer)
+        return self.inner.read_layer(layer)
+
+
+@pytest.mark.parametrize("method, params", METHODS + [
+    ("samkv", {"keep_ratio": 0.3, "complement_mode": "reprobe", "complement_weight": 0.5}),
+    ("naive", {}), ("epic", {}),
+])
+def test_each_stored_layer_is_read_once_per_request(tiny_engine, method, params):
+    engine = tiny_engine("llama", layers=4)
+    source = CountingSource(engine.encode_documents(DOCUMENTS))
+    engine.generate(QUESTION, source, method, max_new_tokens=2, **params)
+    assert sorted(source.reads) == list(range(4))
