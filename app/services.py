@@ -21,6 +21,7 @@ from app.settings import Settings
 from kvstore import PrecomputeJob, Precomputer, TieredStore, open_store
 from retrieval import DocumentRecord, Embedder, RetrievalService, SearchHit, StoreUnavailable
 from samkv import METHODS, Engine, GenerationStream
+from samkv.runtime import load_model
 
 logger = logging.getLogger(__name__)
 
@@ -51,13 +52,14 @@ class Services:
         data_dir = Path(settings.data_dir)
         device = None if settings.device == "auto" else settings.device
         if engine is None:
-            engine = Engine.load(
+            loaded = load_model(
                 settings.model or None,
                 device=device,
                 dtype=None if settings.dtype == "auto" else settings.dtype,
                 cache_dir=settings.resolved_cache_dir,
-                self_check=settings.engine_self_check,
+                weights=settings.weights,
             )
+            engine = Engine(loaded, self_check=settings.engine_self_check)
         embedder = Embedder(settings.embedding_model or None, device=device)
         # Opens even when the database is unreachable: readiness then says why, and the
         # service connects as soon as it can.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -27,6 +28,11 @@ class Settings(BaseSettings):
     )
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
     dtype: str = Field("auto", description="auto, float32, bfloat16 or float16.")
+    weights: Literal["float", "int8"] = Field(
+        "float",
+        description="float: the weights in `dtype`; int8: int8 weight-only linear layers, for faster "
+        "decoding on the CPU. Stored caches belong to one setting (it is part of the fingerprint).",
+    )
     embedding_model: str = Field(
         "", description="Empty for the embedded all-MiniLM-L6-v2, else a local model path."
     )

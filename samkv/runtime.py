@@ -18,6 +18,7 @@ from transformers import (
 
 from samkv.embedded import DEFAULT_MODEL, EMBEDDED, converted_checkpoint
 from samkv.errors import ModelLoadError
+from samkv.quantize import WEIGHTS, quantize_weights
 
 logger = logging.getLogger(__name__)
 
@@ -111,8 +112,15 @@ def load_model(
     device: str | None = None,
     dtype: str | torch.dtype | None = None,
     cache_dir: Path | None = None,
+    weights: str = "float",
 ) -> LoadedModel:
-    """Loads a Llama / Mistral / Qwen2 checkpoint (or an embedded model by name) for the engine."""
+    """Loads a Llama / Mistral / Qwen2 checkpoint (or an embedded model by name) for the engine.
+
+    `weights="int8"` makes the linear layers int8 weight-only (samkv.quantize) before anything
+    runs, so encoding, recomputation and decoding share the same weights.
+    """
+    if weights not in WEIGHTS:
+        raise ModelLoadError(f"unknown weights {weights!r}; expected one of {', '.join(WEIGHTS)}")
     path = resolve_model_path(model, cache_dir)
     resolved_device = resolve_device(device)
     resolved_dtype = resolve_dtype(dtype, resolved_device)
@@ -127,11 +135,16 @@ def load_model(
             f"model family {family!r} is not supported; expected one of {', '.join(SUPPORTED_FAMILIES)}"
         )
     hf_model.to(resolved_device).eval()
+    quantize_weights(hf_model, weights)
+    fingerprint = _weights_fingerprint(path)
+    if weights != "float":
+        # Caches computed with other weights are other caches.
+        fingerprint = hashlib.sha256(f"{fingerprint}:{weights}".encode()).hexdigest()
     return LoadedModel(
         model=hf_model,
         tokenizer=tokenizer,
         path=path,
-        weights_fingerprint=_weights_fingerprint(path),
+        weights_fingerprint=fingerprint,
         device=resolved_device,
         dtype=resolved_dtype,
     )
