@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from app.bench.commands import COMMANDS as BENCH_COMMANDS
 from app.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -29,7 +30,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `samkv-rag` console script."""
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
-    if args.command in ("bench", "bench-store", "bench-load"):
+    if args.command in BENCH_COMMANDS:
         from app.bench.commands import run_command
 
         return run_command(args.command, extra)
@@ -97,10 +98,9 @@ def _parser() -> argparse.ArgumentParser:
     _add_settings_flags(ask)
     ask.set_defaults(run=_ask)
 
-    # The benchmark parses its own flags; they are handed over untouched.
-    commands.add_parser("bench", help="answer-quality and latency benchmark", add_help=False)
-    commands.add_parser("bench-store", help="KV store benchmark", add_help=False)
-    commands.add_parser("bench-load", help="service throughput under concurrent clients", add_help=False)
+    # The benchmarks parse their own flags; they are handed over untouched.
+    for name, text in BENCH_COMMANDS.items():
+        commands.add_parser(name, help=text, add_help=False)
     return parser
 
 

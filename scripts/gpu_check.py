@@ -1,8 +1,10 @@
-"""GPU checks of the engine: the ρ = 1 identity in bfloat16, and samkv timed against full,
-cacheblend and epic at long contexts, on the embedded model and on a randomly initialised
-model of the Llama-3.1-8B architecture (timing only: its weights are random).
+"""GPU checks of the engine: the ρ = 1 identity in bfloat16, samkv timed against full,
+cacheblend and epic at long contexts on the embedded model and on a randomly initialised
+model of the Llama-3.1-8B architecture (timing only: its weights are random), the
+context-length sweep of every method (`samkv-rag bench-sweep`, up to 32k tokens on the 0.5B
+model) and the decoding comparison of float and int8 weights (`samkv-rag bench-decode`).
 
-    python scripts/gpu_check.py            # on a CUDA machine
+    python scripts/gpu_check.py            # on a CUDA machine (without one it says so and stops)
     python scripts/gpu_check.py --smoke    # tiny sizes on the CPU, to check the script itself
 """
 
@@ -10,11 +12,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
+from app.bench.commands import run_command
 from samkv import Engine
 from samkv.runtime import LoadedModel, load_tokenizer
 
@@ -72,14 +77,40 @@ def time_methods(engine: Engine, label: str, total_tokens: int, docs: int, repea
               f"| {stats['kv_bytes_peak'] / full_stats['kv_bytes_peak']:.3f} |")
 
 
-def main() -> None:
+def benchmarks(out: Path, smoke: bool) -> int:
+    """The context-length sweep and the decoding comparison, through the CLI's own commands;
+    the exit code of the first that fails."""
+    if smoke:
+        sweep = ["--model", "smollm2-135m-instruct", "--context-tokens", "300,600", "--questions", "1",
+                 "--docs", "2", "--doc-tokens", "100", "--methods", "full,naive,samkv", "--max-new-tokens", "4"]
+        decode = ["--model", "smollm2-135m-instruct", "--rounds", "1", "--new-tokens", "8", "--questions", "1",
+                  "--docs", "2", "--doc-tokens", "60"]
+    else:
+        # The 0.5B model holds 32768 positions; bfloat16 is the CUDA default dtype.
+        sweep = ["--model", "qwen2.5-coder-0.5b-instruct", "--context-tokens", "1000,2000,4000,8000,16000,32000",
+                 "--questions", "4", "--split", "dev", "--cache-tier", "disk", "--cold"]
+        decode = ["--model", "qwen2.5-coder-0.5b-instruct", "--rounds", "5", "--new-tokens", "64",
+                  "--questions", "20", "--split", "dev"]
+    for command, flags in (("bench-sweep", sweep + ["--out", str(out / "sweep")]),
+                           ("bench-decode", decode + ["--out", str(out / "decode")])):
+        print(f"\nsamkv-rag {command} {' '.join(flags)}", flush=True)
+        code = run_command(command, flags)
+        if code:
+            return code
+    return 0
+
+
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, CPU allowed")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=Path("/tmp/gpu-check"),
+                        help="where the sweep and the decoding comparison write their reports")
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu" and not args.smoke:
-        raise SystemExit("no CUDA device: run with --smoke to check the script on the CPU")
+        print("no CUDA device: the GPU checks are skipped (--smoke checks the script on the CPU)")
+        return 0
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     started = time.perf_counter()
     embedded = Engine.load(device=device, dtype=dtype)
@@ -90,12 +121,15 @@ def main() -> None:
           f"{float((full - same).abs().max() / full.abs().max()):.2e}; self-check refusal: {embedded.reuse_refusal}")
     sizes = [(512, 4)] if args.smoke else [(8000, 16)]
     for tokens, count in sizes:
-        time_methods(embedded, "embedded SmolLM2-135M", tokens, count, args.repeats)
+        time_methods(embedded, f"embedded {embedded.loaded.path.name}", tokens, count, args.repeats)
     big = random_llama(device, dtype, args.smoke)
     for tokens, count in ([(512, 4)] if args.smoke else [(8192, 16), (32768, 32)]):
         time_methods(big, "random Llama-3.1-8B architecture (timing only)", tokens, count, args.repeats)
+    del big  # the benchmarks load their own models
+    code = benchmarks(args.out, args.smoke)
     print(f"\ntotal {time.perf_counter() - started:.0f} s")
+    return code
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

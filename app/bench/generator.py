@@ -350,6 +350,38 @@ class QAGenerator:
         gold_positions = tuple(sorted(order.index(i) for i in range(len(gold))))
         return Question(question, shuffled, answers, kind, gold_positions, bridge, variant)
 
+    def padded(self, item: Question, context_tokens: int, doc_tokens: int) -> Question:
+        """`item` with filler documents of about `doc_tokens` tokens (the last one shorter)
+        inserted among its own until its documents hold about `context_tokens` tokens.
+
+        The question's documents, their order and its evidence stay as they are; a filler
+        document states no fact (other people's pastimes, or corpus prose with `prose`) and
+        never an answer, so only the context's length changes.
+        """
+        self._answers = item.answers
+        documents = list(item.documents)
+        gold = set(item.gold_documents)
+        missing = context_tokens - sum(self.count_tokens(document) for document in documents)
+        # A shorter remainder than this is left out: the sentence granularity would overshoot it.
+        while missing > min(32, doc_tokens):
+            filler = self._filler_document(min(doc_tokens, missing), item.question)
+            missing -= self.count_tokens(filler)
+            position = self.rng.randint(0, len(documents))
+            gold = {index + (index >= position) for index in gold}
+            documents.insert(position, filler)
+        return Question(item.question, tuple(documents), item.answers, item.kind, tuple(sorted(gold)),
+                        item.bridge, item.variant)
+
+    def _filler_document(self, doc_tokens: int, question: str) -> str:
+        """A document of about `doc_tokens` tokens that states no fact and no current answer,
+        about someone the question does not name."""
+        while True:
+            # Names may repeat across filler documents: none of them says anything to confuse.
+            name = f"{self.rng.choice(FIRST)} {self.rng.choice(LAST)}"
+            document = self._fill([], [f.format(name=name) for f in FILLER], doc_tokens)
+            if name not in question and not any(mentions(document, answer) for answer in self._answers):
+                return document
+
     def questions(
         self, count: int, docs: int, doc_tokens: int, two_hop_fraction: float = 0.0,
         confuser_fraction: float = 0.0, indirect_bridge_fraction: float = 0.0,
