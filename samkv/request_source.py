@@ -1,8 +1,9 @@
-"""One request's reads of its stored documents: each layer read once."""
+"""One request's reads of its stored documents: each layer read once, the next read ahead."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 
 from samkv.document import DocumentMeta, DocumentSource, LayerKV
@@ -15,12 +16,19 @@ class RequestSource:
     read are kept for the rest of the request, so the store serves each one once. Inside
     `final_pass` (the assembly, the last reader) a layer is handed over and forgotten, so no
     more than the looked-at layers are ever held.
+
+    While the caller works on layer l, layer l + 1 is read on a worker thread: reads are file or
+    network I/O, which release the GIL. Every read of `source` runs on that one thread, one at a
+    time, so a source meant for one thread (kvstore's `StoreSource`) is used as one. `close`
+    waits for a read in flight and ends the worker.
     """
 
     def __init__(self, source: DocumentSource, num_layers: int) -> None:
         self.source = source
         self.num_layers = num_layers
         self._held: dict[int, list[LayerKV]] = {}
+        self._pending: dict[int, Future[list[LayerKV]]] = {}
+        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="samkv-read")
         self._final = False
 
     @property
@@ -31,10 +39,12 @@ class RequestSource:
         """Layer `layer` of every document, in prompt order; read from `source` only the first time."""
         parts = self._held.get(layer)
         if parts is None:
-            parts = self.source.read_layer(layer)
+            pending = self._pending.pop(layer, None) or self._reader.submit(self.source.read_layer, layer)
+            parts = pending.result()
             self._held[layer] = parts
         if self._final:
             del self._held[layer]
+        self._read_ahead(layer + 1)
         return parts
 
     @contextmanager
@@ -47,5 +57,11 @@ class RequestSource:
             self._final = False
 
     def close(self) -> None:
-        """Ends the request's reads, letting go of what was held."""
+        """Ends the request's reads (waiting for one in flight); later reads raise."""
+        self._reader.shutdown(wait=True, cancel_futures=True)
         self._held.clear()
+        self._pending.clear()
+
+    def _read_ahead(self, layer: int) -> None:
+        if layer < self.num_layers and layer not in self._held and layer not in self._pending:
+            self._pending[layer] = self._reader.submit(self.source.read_layer, layer)

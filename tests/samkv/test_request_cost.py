@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
 
 from samkv.document import InMemorySource
+from samkv.request_source import RequestSource
 from tests.conftest import DOCUMENTS
 
 QUESTION = "What is the vault code at the Oriel bank?"
@@ -48,17 +51,22 @@ def test_no_key_or_value_is_repeated_per_query_head(tiny_engine, monkeypatch, me
 
 
 class CountingSource:
-    """Documents in memory whose layer reads are counted."""
+    """Documents in memory whose layer reads are counted, and may be held until a test lets them go."""
 
     def __init__(self, documents) -> None:
         self.inner = InMemorySource(documents)
         self.reads: list[int] = []
+        self.gates: dict[int, threading.Event] = {}
+        self.waiting = threading.Event()  # set once a gated read has begun
 
     @property
     def documents(self):
         return self.inner.documents
 
     def read_layer(self, layer):
+        if layer in self.gates:
+            self.waiting.set()
+            assert self.gates[layer].wait(10), "the test never let this read go"
         self.reads.append(layer)
         return self.inner.read_layer(layer)
 
@@ -72,3 +80,22 @@ def test_each_stored_layer_is_read_once_per_request(tiny_engine, method, params)
     source = CountingSource(engine.encode_documents(DOCUMENTS))
     engine.generate(QUESTION, source, method, max_new_tokens=2, **params)
     assert sorted(source.reads) == list(range(4))
+
+
+def test_the_next_layer_is_read_while_the_caller_works_on_this_one(tiny_engine):
+    engine = tiny_engine("llama", layers=4)
+    counting = CountingSource(engine.encode_documents(DOCUMENTS))
+    counting.gates[2] = threading.Event()
+    reads = RequestSource(counting, num_layers=4)
+    try:
+        reads.read_layer(0)
+        reads.read_layer(1)
+        assert counting.waiting.wait(10), "layer 2 is read before it is asked for"
+        counting.gates[2].set()
+        for layer in (2, 3):
+            want = counting.inner.read_layer(layer)
+            assert all(torch.equal(g.keys, w.keys) for g, w in zip(reads.read_layer(layer), want))
+        assert counting.reads == [0, 1, 2, 3]
+    finally:
+        counting.gates[2].set()
+        reads.close()
