@@ -55,13 +55,16 @@ def test_packet_mode_answers_on_the_embedded_model_within_the_budget(embedded_en
     layout = request.layout
     built = embedded_engine.prepare(request, extra=0)
     assert built.keep.numel() == math.ceil(0.6 * layout.context_len)
-    assert torch.equal(built.recomputed, built.keep)
+    # The assembly may leave the first document's stored KV as it is (it sees there what it saw
+    # at encoding); every other kept token is recomputed.
+    assert set(built.recomputed.tolist()) <= set(built.keep.tolist())
+    assert set(built.keep[layout.doc_of[built.keep] > 0].tolist()) <= set(built.recomputed.tolist())
     assert bool(torch.isin(reserved_tokens(layout, 4, 8).nonzero().squeeze(1), built.keep).all())
     result = embedded_engine.generate(QUESTION, docs, "samkv", complement_mode="packet", block_size=4,
                                       keep_ratio=0.6, max_new_tokens=8, answer_prefix="The answer is:")
     assert result.text.strip()
     assert result.stats["kept_tokens"] == built.keep.numel()
-    assert result.stats["recomputed_tokens"] == built.keep.numel()
+    assert result.stats["recomputed_tokens"] == built.recomputed.numel()
 
 
 def test_packet_mode_at_full_budget_without_fuse_equals_full(tiny_engine):
