@@ -94,6 +94,17 @@ class DocumentAttention:
         return out
 
 
+def encoded_as_seen(layout: Layout) -> torch.Tensor:
+    """Bool [N]: the context tokens that see here what they saw when their document was encoded.
+
+    The first document follows P at the positions it was encoded at, and sees nothing but P and
+    itself: recomputing its tokens gives back their stored KV, to float error, and changes
+    nothing any token sees. A later document is at least as far from P as the documents before
+    it are long, which its stored KV never saw, even when those documents keep nothing.
+    """
+    return layout.doc_of == 0
+
+
 def align_layer(
     ops: ModelOps, prefix: KVCache, parts: list[LayerKV], layout: Layout, layer: int, extra: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -132,8 +143,10 @@ def assemble(
 ) -> torch.Tensor:
     """Fills `cache` with [P ; kept context tokens] for every layer.
 
-    token_ids [N] are the context's ids (needed for the recomputed tokens' embeddings). Returns
-    the sorted context indices recomputed through the last layer (after any narrowing).
+    token_ids [N] are the context's ids (needed for the recomputed tokens' embeddings). Tokens
+    the plan recomputes that see what they saw at encoding (`encoded_as_seen`) keep their stored
+    KV instead. Returns the sorted context indices recomputed through the last layer (after any
+    narrowing).
     """
     shape = ops.shape
     P, N = layout.prefix_len, layout.context_len
@@ -148,6 +161,8 @@ def assemble(
     narrowing_at = {narrowing.layer: narrowing for narrowing in plan.narrowings}
     shared = torch.zeros(N, dtype=torch.bool)
     shared[plan.keep] = True
+    if plan.reads_stored:
+        rows = rows[~encoded_as_seen(layout)[rows]]
     attention = DocumentAttention(layout, rows, shared, ops.device)
     hidden = ops.embed(token_ids[rows]) if rows.numel() else None  # [R, hidden]
     for layer in range(shape.num_layers):
