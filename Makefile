@@ -34,7 +34,7 @@ test: $(STAMP) system-deps
 lint: $(STAMP)
 	$(VENV)/bin/ruff check app retrieval kvstore samkv tests
 
-# The headline run on test seeds (docs/PROTOCOL.md); about 2.5 hours on a 2-core CPU.
+# The headline run on test seeds (docs/PROTOCOL.md); about two hours on a 2-core CPU.
 bench: $(STAMP)
 	$(VENV)/bin/samkv-rag bench --model qwen2.5-coder-0.5b-instruct --split test --questions 150 --docs 6 \
 	  --doc-tokens 200 --two-hop-fraction 0.4 --prose --confuser-fraction 0.5 --indirect-bridge-fraction 0.5 \
