@@ -134,7 +134,7 @@ def test_source_reads_exact_layer_slices_from_each_tier(store, encoder):
     for meta, doc in zip(source.documents, docs):
         assert torch.equal(meta.token_ids, doc.token_ids)
         assert (meta.fingerprint, meta.prefix_len) == (FINGERPRINT, doc.prefix_len)
-    for _ in range(2):  # the engine reads every layer twice: probe pass, recompute pass
+    for _ in range(2):  # a source must serve a layer again: a caller may read layers in any order and repeat them
         for layer in range(docs[0].num_layers):
             for got, doc in zip(source.read_layer(layer), docs):
                 want = as_stored(doc).layer(layer)
