@@ -14,45 +14,21 @@ from typing import Any
 
 from tqdm import tqdm
 
+from app.bench.options import (
+    add_cache_arguments,
+    add_model_arguments,
+    fraction,
+    method_list,
+    ratio_list,
+    resolve_cache_state,
+)
+
 logger = logging.getLogger(__name__)
 
 ALL_METHODS = "full,naive,cacheblend,epic,snapkv,samkv"
-# The judge: the 0.5B instruction-tuned model answers the generated questions well enough with
-# the full prompt for differences between methods to show (smollm2-135m-instruct is the fast one).
-DEFAULT_MODEL = "qwen2.5-coder-0.5b-instruct"
 # The embedded model restates the question in a sentence unless its answer is started for it,
 # which makes exact match meaningless; every method gets the same prefix.
 ANSWER_PREFIX = "The answer is:"
-
-
-def _floats(text: str) -> list[float]:
-    try:
-        values = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from error
-    if not values or any(not 0 < v <= 1 for v in values):
-        raise argparse.ArgumentTypeError(f"every ratio must be in (0, 1], got {text!r}")
-    return values
-
-
-def _methods(text: str) -> list[str]:
-    from samkv import METHODS
-
-    methods = [m.strip() for m in text.split(",") if m.strip()]
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown or not methods:
-        raise argparse.ArgumentTypeError(f"unknown method(s) {unknown}; expected some of {', '.join(METHODS)}")
-    return methods
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from error
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
-    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -60,21 +36,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--questions", type=int, default=120, help="number of generated questions")
     parser.add_argument("--docs", type=int, default=8, help="documents per question")
     parser.add_argument("--doc-tokens", type=int, default=300, help="tokens per generated document")
-    parser.add_argument("--two-hop-fraction", type=_fraction, default=0.0, help="share of two-hop questions")
+    parser.add_argument("--two-hop-fraction", type=fraction, default=0.0, help="share of two-hop questions")
     parser.add_argument("--prose", action="store_true",
                         help="place the facts among sentences of real news articles instead of template filler")
-    parser.add_argument("--confuser-fraction", type=_fraction, default=0.0,
+    parser.add_argument("--confuser-fraction", type=fraction, default=0.0,
                         help="share of questions (of each kind) whose other documents state the asked attribute "
                              "for other people and organisations, some of them namesakes of the asked person")
-    parser.add_argument("--indirect-bridge-fraction", type=_fraction, default=0.0,
+    parser.add_argument("--indirect-bridge-fraction", type=fraction, default=0.0,
                         help="share of two-hop questions whose second document names the bridge by a short form, "
                              "a description or a pronoun instead of verbatim")
     parser.add_argument("--split", choices=("dev", "test"),
                         help="the protocol's seed set (docs/PROTOCOL.md): tune on dev, report on test")
     parser.add_argument("--seed", type=int, default=None,
                         help="generator seed (default: the split's first seed, or 0 without --split)")
-    parser.add_argument("--methods", type=_methods, default=_methods(ALL_METHODS))
-    parser.add_argument("--keep-ratios", type=_floats, default=[0.15], help="e.g. 0.05,0.1,0.15,0.25,0.5")
+    parser.add_argument("--methods", type=method_list, default=method_list(ALL_METHODS))
+    parser.add_argument("--keep-ratios", type=ratio_list, default=[0.15], help="e.g. 0.05,0.1,0.15,0.25,0.5")
     parser.add_argument("--ablations", default="complement=False,recompute=False,global_budget=False",
                         help="samkv ablations run at --ablation-ratio, named (complement=False, ...) or "
                              "any parameter=value, e.g. complement_mode=packet ('' for none)")
@@ -85,19 +61,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--answer-prefix", default=ANSWER_PREFIX,
                         help="text that starts every answer in the prompt, so the model replies with the answer itself")
     parser.add_argument("--dataset", type=Path, help="a LongBench-style JSON/JSONL file instead of generated data")
-    parser.add_argument("--cache-tier", choices=("memory", "disk", "redis"), default="disk",
-                        help="where document caches are loaded from (time to first token includes it)")
-    cache_state = parser.add_mutually_exclusive_group()
-    cache_state.add_argument("--cold", dest="cache_state", action="store_const", const="cold",
-                             help="evict the disk tier's files from the page cache before every generation "
-                                  "(the default with --cache-tier disk)")
-    cache_state.add_argument("--warm", dest="cache_state", action="store_const", const="warm",
-                             help="leave the disk tier's files in the page cache")
-    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
-    parser.add_argument("--model", default=DEFAULT_MODEL,
-                        help="model name (qwen2.5-coder-0.5b-instruct, smollm2-135m-instruct) or local checkpoint")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--dtype", default="auto")
+    add_cache_arguments(parser)
+    add_model_arguments(parser)
     parser.add_argument("--samkv-param", action="append", default=[], metavar="NAME=VALUE",
                         help="extra samkv parameter for every samkv row, e.g. complement_weight=0.5")
     parser.add_argument("--selection-only", action="store_true",
@@ -145,9 +110,10 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    cache_state = args.cache_state or ("cold" if args.cache_tier == "disk" else "warm")
-    if cache_state == "cold" and args.cache_tier != "disk":
-        print("error: --cold needs --cache-tier disk (only files can be evicted from the page cache)", file=sys.stderr)
+    try:
+        cache_state = resolve_cache_state(args)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
         return 2
     engine = Engine.load(args.model or None, device=args.device, dtype=args.dtype)
     if args.dataset:
