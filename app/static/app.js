@@ -367,11 +367,15 @@ async function uploadFile(file) {
   await pollJob(accepted.job_id, row);
 }
 
+// Rebuilds the example buttons only when the offered set changes: a button replaced between
+// the press and the release of a click loses that click.
 function showExamples(documentIds) {
   const list = $("examples").querySelector("ul");
+  const offered = EXAMPLES.filter((example) => documentIds.has(example.document));
+  const shown = Array.from(list.querySelectorAll(".example"), (button) => button.textContent);
+  if (shown.join("\n") === offered.map((example) => example.question).join("\n")) return;
   list.replaceChildren();
-  for (const example of EXAMPLES) {
-    if (!documentIds.has(example.document)) continue;
+  for (const example of offered) {
     const button = element("button", "example", example.question);
     button.type = "button";
     button.addEventListener("click", () => {
@@ -415,6 +419,7 @@ function init() {
   const keyInput = $("api-key");
   keyInput.value = localStorage.getItem(KEY_STORAGE) || "";
   keyInput.addEventListener("change", () => {
+    if (keyInput.value === (localStorage.getItem(KEY_STORAGE) || "")) return;
     if (keyInput.value) localStorage.setItem(KEY_STORAGE, keyInput.value);
     else localStorage.removeItem(KEY_STORAGE);
     refreshDocuments();
