@@ -149,3 +149,19 @@ def test_controls_are_labelled_and_focus_is_visible(page, fact_documents):
         return [document.activeElement.tagName, style.outlineStyle, style.outlineWidth];
     }""")
     assert focused[1] == "solid" and focused[2] != "0px", focused
+
+
+def test_refresh_keeps_the_example_buttons_under_the_pointer(page, fact_documents):
+    # A button replaced between the press and the release of a click loses the click, so a
+    # refresh that offers the same examples must leave the same button nodes in place.
+    page.click("#refresh-documents")
+    button = page.locator("#examples .example").filter(has_text=QUESTION)
+    expect(button).to_have_count(1)
+    button.evaluate("(node) => { node.dataset.marker = 'before-refresh'; }")
+    # The documents list is always rebuilt, in the same step as the examples: once its marked
+    # item is gone, the refresh has run.
+    documents = page.locator("#documents li")
+    documents.first.evaluate("(node) => { node.dataset.marker = 'before-refresh'; }")
+    page.click("#refresh-documents")
+    expect(page.locator("#documents li[data-marker]")).to_have_count(0)
+    expect(button).to_have_attribute("data-marker", "before-refresh")
