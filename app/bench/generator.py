@@ -13,51 +13,28 @@ existed.
 from __future__ import annotations
 
 import random
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from app.bench.facts import (
+    BRIDGE_FORMS,
+    FILLER,
+    FIRST,
+    JOBS,
+    LAST,
+    LOCATED,
+    LOCATED_AFTER_MENTION,
+    MONTHS,
+    ORG_FILLER,
+    ORG_KIND,
+    ORG_NAME,
+    TOWN_A,
+    TOWN_B,
+    Person,
+    fact_sentences,
+    mentions,
+)
 from app.bench.prose import ProseCorpus
-
-FIRST = ["Ilse", "Tomas", "Marta", "Oskar", "Nadia", "Pavel", "Greta", "Emil", "Lucia", "Anton",
-         "Freya", "Viktor", "Helga", "Jonas", "Selma", "Ruben", "Alma", "Dario", "Katja", "Leon"]
-LAST = ["Brandt", "Quint", "Marsk", "Holm", "Varga", "Lindqvist", "Okafor", "Renner", "Castell",
-        "Duarte", "Falk", "Moreau", "Novak", "Petrov", "Sandoval", "Tamura", "Weiss", "Yilmaz"]
-TOWN_A = ["Vel", "Tol", "Kar", "Brem", "Ost", "Mar", "Sil", "Dun", "Hal", "Rav", "Lun", "Ferr"]
-TOWN_B = ["mora", "vik", "stad", "haven", "burg", "wick", "dale", "mouth", "ford", "holm"]
-ORG_KIND = ["Hotel", "Museum", "Observatory", "Brewery", "Library", "Theatre", "Shipyard", "Academy"]
-ORG_NAME = ["Oriel", "Harlow", "Cinder", "Marrow", "Pell", "Quarry", "Ashby", "Lorne", "Tessel", "Wren"]
-MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September",
-          "October", "November", "December"]
-JOBS = ["a ferry pilot", "a glassblower", "a surveyor", "a beekeeper", "a locksmith", "a cartographer",
-        "a bookbinder", "a clockmaker", "a stonemason", "a botanist"]
-FILLER = [
-    "{name} enjoys long walks along the coast on quiet mornings.",
-    "Friends describe {name} as patient, careful and curious.",
-    "{name} keeps a small garden with herbs and tomatoes.",
-    "On weekends {name} often visits the old market square.",
-    "{name} learned to sail as a teenager and still sails each summer.",
-    "Neighbours say {name} can repair almost anything with simple tools.",
-    "{name} reads history books late into the evening.",
-    "Every winter {name} travels inland to visit relatives.",
-    "{name} plays the cello in an amateur orchestra.",
-    "The local newspaper once wrote a short profile of {name}.",
-]
-ORG_FILLER = [
-    "The {org} is popular with visitors in the summer months.",
-    "A small cafe stands next to the entrance of the {org}.",
-    "The {org} was renovated after a storm damaged its roof.",
-    "Guided tours of the {org} start every hour.",
-    "The {org} publishes a newsletter four times a year.",
-    "Many local schools organise trips to the {org}.",
-]
-# How the second hop's document names the bridge "<Name> <Kind>" when not verbatim.
-BRIDGE_FORMS = ("short", "description", "pronoun")
-LOCATED = ("The {org} is located in {town}.", "The {org} stands in the town of {town}.",
-           "Visitors find the {org} in {town}.")
-LOCATED_AFTER_MENTION = ("The {org} opened to the public many years ago. It is located in {town}.",
-                         "The {org} has a long history. It stands in the town of {town}.",
-                         "The {org} welcomes visitors all year. Visitors find it in {town}.")
 
 
 @dataclass(frozen=True)
@@ -71,69 +48,6 @@ class Question:
     gold_documents: tuple[int, ...] = field(default=())
     bridge: str = ""  # two-hop: the name that links the question's document to the answer's
     variant: str = "plain"  # see the module's docstring
-
-
-@dataclass(frozen=True)
-class _Person:
-    name: str
-    town: str
-    code: str
-    year: str
-    date: str
-    count: str
-    job: str
-
-
-def _fact_sentences(person: _Person) -> dict[str, tuple[list[str], list[str], tuple[str, ...]]]:
-    """attribute -> (fact phrasings, question phrasings, gold answers with aliases)."""
-    n = person.name
-    day, month, year = person.date.split(" ")
-    return {
-        "town": (
-            [f"{n} lives in the town of {person.town}.", f"The home town of {n} is {person.town}.",
-             f"{n} has a house in {person.town}."],
-            [f"In which town does {n} live?", f"What is the home town of {n}?", f"Where does {n} live?"],
-            (person.town,),
-        ),
-        "code": (
-            [f"The locker code of {n} is {person.code}.", f"{n} uses the locker code {person.code}.",
-             f"The code for the locker of {n} is {person.code}."],
-            [f"What is the locker code of {n}?", f"Which locker code does {n} use?",
-             f"What code opens the locker of {n}?"],
-            (person.code,),
-        ),
-        "year": (
-            [f"{n} joined the rowing club in {person.year}.", f"In {person.year}, {n} became a member of the rowing club.",
-             f"The rowing club admitted {n} in {person.year}."],
-            [f"In which year did {n} join the rowing club?", f"When did {n} become a member of the rowing club?",
-             f"What year was {n} admitted to the rowing club?"],
-            (person.year,),
-        ),
-        "date": (
-            [f"{n} was born on {person.date}.",
-             f"{n} celebrates a birthday on {day} {month}, having been born on {person.date}.",
-             f"The date of birth of {n} is {person.date}."],
-            [f"When was {n} born?", f"What is the date of birth of {n}?", f"On what date was {n} born?"],
-            (person.date, f"{day} {month} {year}", f"{month} {day}, {year}"),
-        ),
-        "count": (
-            [f"{n} owns {person.count} sheep.", f"The farm of {n} keeps {person.count} sheep.",
-             f"{n} looks after a flock of {person.count} sheep."],
-            [f"How many sheep does {n} own?", f"How many sheep are on the farm of {n}?",
-             f"How large is the flock of {n}?"],
-            (person.count,),
-        ),
-        "job": (
-            [f"{n} works as {person.job}.", f"By profession, {n} is {person.job}.", f"{n} earns a living as {person.job}."],
-            [f"What does {n} work as?", f"What is the profession of {n}?", f"What job does {n} do?"],
-            (person.job, person.job.split(" ", 1)[1]),
-        ),
-    }
-
-
-def mentions(text: str, value: str) -> bool:
-    """Whether `value` occurs in `text` as whole words."""
-    return re.search(rf"(?<![0-9A-Za-z]){re.escape(value)}(?![0-9A-Za-z])", text) is not None
 
 
 def _spread(index: int, total: int, chosen: int) -> bool:
@@ -163,10 +77,10 @@ class QAGenerator:
                 return value
         raise RuntimeError("the generator ran out of distinct names; use fewer documents per question")
 
-    def _person(self, first: str | None = None, last: str | None = None) -> _Person:
+    def _person(self, first: str | None = None, last: str | None = None) -> Person:
         """A new person; `first` or `last` fixes that part of the name (a namesake)."""
         r = self.rng
-        return _Person(
+        return Person(
             name=self._unique(lambda: f"{first or r.choice(FIRST)} {last or r.choice(LAST)}"),
             town=self._unique(lambda: r.choice(TOWN_A) + r.choice(TOWN_B)),
             code=self._unique(lambda: str(r.randint(1000, 9999))),
@@ -207,10 +121,10 @@ class QAGenerator:
         return text
 
     def _person_document(
-        self, person: _Person, doc_tokens: int, extra: list[str] = (), without: str | None = None
+        self, person: Person, doc_tokens: int, extra: list[str] = (), without: str | None = None
     ) -> str:
         """A person's facts among filler; `without` names an attribute left out."""
-        facts = [self.rng.choice(phrasings) for attribute, (phrasings, _, _) in _fact_sentences(person).items()
+        facts = [self.rng.choice(phrasings) for attribute, (phrasings, _, _) in fact_sentences(person).items()
                  if attribute != without]
         filler = [f.format(name=person.name) for f in FILLER]
         return self._fill(list(extra) + facts, filler, doc_tokens)
@@ -220,8 +134,8 @@ class QAGenerator:
         that attribute for other people, the first two of them namesakes of the asked person."""
         self._used.clear()  # names need only be distinct within one question's documents
         person = self._person()
-        attribute = self.rng.choice(list(_fact_sentences(person)))
-        _, questions, answers = _fact_sentences(person)[attribute]
+        attribute = self.rng.choice(list(fact_sentences(person)))
+        _, questions, answers = fact_sentences(person)[attribute]
         self._answers = answers
         gold = self._person_document(person, doc_tokens)
         if confusers:
@@ -236,7 +150,7 @@ class QAGenerator:
         tags += [f"indirect-{bridge_form}"] if bridge_form else []
         return "+".join(tags) or "plain"
 
-    def _namesakes(self, count: int, doc_tokens: int, person: _Person, answers: tuple[str, ...]) -> list[str]:
+    def _namesakes(self, count: int, doc_tokens: int, person: Person, answers: tuple[str, ...]) -> list[str]:
         """Documents about other people, each stating every attribute (the asked one included,
         with another value); the first shares the asked person's first name, the second their
         last name."""
@@ -270,7 +184,7 @@ class QAGenerator:
         r = self.rng
         return self._unique(lambda: r.choice(TOWN_A) + r.choice(TOWN_B))
 
-    def _director_document(self, person: _Person, org: str, doc_tokens: int, without: str | None = "town") -> str:
+    def _director_document(self, person: Person, org: str, doc_tokens: int, without: str | None = "town") -> str:
         link = self.rng.choice([f"{person.name} is the director of the {org}.",
                                 f"The {org} is run by its director, {person.name}.",
                                 f"{person.name} has directed the {org} for years."])
@@ -319,7 +233,7 @@ class QAGenerator:
         return self._assemble(question, [first, second], distractors, (town,), "two-hop", bridge=org,
                               variant=self._variant(confusers, bridge_form))
 
-    def _competing_chains(self, count: int, doc_tokens: int, person: _Person) -> list[str]:
+    def _competing_chains(self, count: int, doc_tokens: int, person: Person) -> list[str]:
         """Namesakes of the asked person who direct other organisations, those organisations'
         documents with their towns, and other people with their home towns, in turn."""
         first, last = person.name.split(" ")

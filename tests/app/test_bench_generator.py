@@ -9,7 +9,8 @@ import json
 
 import pytest
 
-from app.bench.generator import BRIDGE_FORMS, QAGenerator, mentions
+from app.bench.facts import BRIDGE_FORMS, mentions
+from app.bench.generator import QAGenerator
 from app.bench.prose import ProseCorpus
 from app.bench.sentences import split_sentences
 

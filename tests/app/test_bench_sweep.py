@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from app.bench.generator import QAGenerator, mentions
+from app.bench.facts import mentions
+from app.bench.generator import QAGenerator
 from app.bench.sweep import add_arguments, padding_seed, run
 
 SMALL_MODEL = "smollm2-135m-instruct"
