@@ -59,7 +59,9 @@ class Services:
                 cache_dir=settings.resolved_cache_dir,
                 weights=settings.weights,
             )
-            engine = Engine(loaded, self_check=settings.engine_self_check)
+            engine = Engine(
+                loaded, self_check=settings.engine_self_check, probe_hold_bytes=settings.probe_hold_bytes
+            )
         embedder = Embedder(settings.embedding_model or None, device=device)
         # Opens even when the database is unreachable: readiness then says why, and the
         # service connects as soon as it can.

@@ -33,6 +33,13 @@ class Settings(BaseSettings):
         description="float: the weights in `dtype`; int8: int8 weight-only linear layers, for faster "
         "decoding on the CPU. Stored caches belong to one setting (it is part of the fingerprint).",
     )
+    probe_hold_bytes: int | None = Field(
+        None,
+        ge=0,
+        description="Stored KV bytes a request keeps from its probe so its assembly need not read "
+        "those layers again; unset: no bound (fastest, the peak KV then includes them); 0: keep "
+        "nothing (the smallest peak, every probed layer read twice).",
+    )
     embedding_model: str = Field(
         "", description="Empty for the embedded all-MiniLM-L6-v2, else a local model path."
     )

@@ -51,9 +51,15 @@ class Engine:
     """
 
     def __init__(
-        self, loaded: LoadedModel, summary_window: int = DEFAULT_SUMMARY_WINDOW, self_check: bool = True
+        self,
+        loaded: LoadedModel,
+        summary_window: int = DEFAULT_SUMMARY_WINDOW,
+        self_check: bool = True,
+        probe_hold_bytes: int | None = None,
     ) -> None:
         self.loaded = loaded
+        # Stored bytes a request keeps from its probe for its assembly (see RequestSource).
+        self.probe_hold_bytes = probe_hold_bytes
         self.ops = ModelOps(loaded.model)
         self.tokenizer = loaded.tokenizer
         self.template = PromptTemplate.for_tokenizer(self.tokenizer)
@@ -231,7 +237,7 @@ class Engine:
         "assemble".
         """
         meter, clock = KVMeter(), StageClock()
-        reads = RequestSource(request.source, self.ops.shape.num_layers)
+        reads = RequestSource(request.source, self.ops.shape.num_layers, meter, self.probe_hold_bytes)
         try:
             source = TimedSource(reads, clock)
             plan = self._plan(request, source, meter, clock)
@@ -289,10 +295,10 @@ class Engine:
     ) -> torch.Tensor:
         """Sorted context indices [K] that `method` keeps for `question`, without assembling or decoding."""
         request = self.request(question, documents, method, params, answer_prefix)
-        clock = StageClock()
-        reads = RequestSource(request.source, self.ops.shape.num_layers)
+        meter, clock = KVMeter(), StageClock()
+        reads = RequestSource(request.source, self.ops.shape.num_layers, meter, self.probe_hold_bytes)
         try:
-            return self._plan(request, TimedSource(reads, clock), KVMeter(), clock).keep
+            return self._plan(request, TimedSource(reads, clock), meter, clock).keep
         finally:
             reads.close()
 

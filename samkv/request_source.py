@@ -6,6 +6,9 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 
+import torch
+
+from samkv.cache import KVMeter
 from samkv.document import DocumentMeta, DocumentSource, LayerKV
 
 
@@ -21,11 +24,23 @@ class RequestSource:
     network I/O, which release the GIL. Every read of `source` runs on that one thread, one at a
     time, so a source meant for one thread (kvstore's `StoreSource`) is used as one. `close`
     waits for a read in flight and ends the worker.
+
+    Holding trades memory for reads: `hold_bytes` bounds the stored bytes kept between passes
+    (None: no bound; 0: nothing is kept, and the assembly reads every layer again). `meter`
+    counts the stored keys and values from the moment a layer is handed out until it is
+    forgotten, so a request's peak includes what its probe keeps for the assembly.
     """
 
-    def __init__(self, source: DocumentSource, num_layers: int) -> None:
+    def __init__(
+        self, source: DocumentSource, num_layers: int, meter: KVMeter, hold_bytes: int | None = None
+    ) -> None:
+        if hold_bytes is not None and hold_bytes < 0:
+            raise ValueError(f"hold_bytes must be None or at least 0, got {hold_bytes}")
         self.source = source
         self.num_layers = num_layers
+        self.meter = meter
+        self.hold_bytes = hold_bytes
+        self._held_bytes = 0
         self._held: dict[int, list[LayerKV]] = {}
         self._pending: dict[int, Future[list[LayerKV]]] = {}
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="samkv-read")
@@ -36,14 +51,16 @@ class RequestSource:
         return self.source.documents
 
     def read_layer(self, layer: int) -> list[LayerKV]:
-        """Layer `layer` of every document, in prompt order; read from `source` only the first time."""
+        """Layer `layer` of every document, in prompt order; read from `source` again only if not kept."""
         parts = self._held.get(layer)
         if parts is None:
             pending = self._pending.pop(layer, None) or self._reader.submit(self.source.read_layer, layer)
             parts = pending.result()
             self._held[layer] = parts
-        if self._final:
-            del self._held[layer]
+            self._held_bytes += _nbytes(parts)
+            self.meter.hold(*_tensors(parts))
+        if self._final or (self.hold_bytes is not None and self._held_bytes > self.hold_bytes):
+            self._forget(layer)
         self._read_ahead(layer + 1)
         return parts
 
@@ -59,9 +76,23 @@ class RequestSource:
     def close(self) -> None:
         """Ends the request's reads (waiting for one in flight); later reads raise."""
         self._reader.shutdown(wait=True, cancel_futures=True)
-        self._held.clear()
+        for layer in list(self._held):
+            self._forget(layer)
         self._pending.clear()
+
+    def _forget(self, layer: int) -> None:
+        parts = self._held.pop(layer)
+        self._held_bytes -= _nbytes(parts)
+        self.meter.release(*_tensors(parts))
 
     def _read_ahead(self, layer: int) -> None:
         if layer < self.num_layers and layer not in self._held and layer not in self._pending:
             self._pending[layer] = self._reader.submit(self.source.read_layer, layer)
+
+
+def _tensors(parts: list[LayerKV]) -> list[torch.Tensor]:
+    return [tensor for part in parts for tensor in (part.keys, part.values)]
+
+
+def _nbytes(parts: list[LayerKV]) -> int:
+    return sum(tensor.numel() * tensor.element_size() for tensor in _tensors(parts))

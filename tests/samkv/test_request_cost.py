@@ -7,6 +7,7 @@ import threading
 import pytest
 import torch
 
+from samkv.cache import KVMeter
 from samkv.document import InMemorySource
 from samkv.request_source import RequestSource
 from tests.conftest import DOCUMENTS
@@ -86,7 +87,7 @@ def test_the_next_layer_is_read_while_the_caller_works_on_this_one(tiny_engine):
     engine = tiny_engine("llama", layers=4)
     counting = CountingSource(engine.encode_documents(DOCUMENTS))
     counting.gates[2] = threading.Event()
-    reads = RequestSource(counting, num_layers=4)
+    reads = RequestSource(counting, num_layers=4, meter=KVMeter())
     try:
         reads.read_layer(0)
         reads.read_layer(1)
@@ -99,3 +100,34 @@ def test_the_next_layer_is_read_while_the_caller_works_on_this_one(tiny_engine):
     finally:
         counting.gates[2].set()
         reads.close()
+
+
+def _layer_bytes(parts) -> int:
+    return sum(t.numel() * t.element_size() for part in parts for t in (part.keys, part.values))
+
+
+@pytest.mark.parametrize("hold_bytes", [None, 0])
+def test_the_meter_counts_what_is_kept_between_passes(tiny_engine, hold_bytes):
+    engine = tiny_engine("llama", layers=4)
+    counting = CountingSource(engine.encode_documents(DOCUMENTS))
+    meter = KVMeter()
+    reads = RequestSource(counting, num_layers=4, meter=meter, hold_bytes=hold_bytes)
+    layer_bytes = _layer_bytes(counting.inner.read_layer(0))
+    try:
+        reads.read_layer(0)
+        reads.read_layer(1)  # a probe's two layers
+        assert meter.current == (2 * layer_bytes if hold_bytes is None else 0)
+        with reads.final_pass():
+            for layer in range(4):
+                reads.read_layer(layer)
+    finally:
+        reads.close()
+    assert meter.current == 0
+    assert meter.peak == (2 * layer_bytes if hold_bytes is None else layer_bytes)
+    # Kept layers are served again without a read; with nothing kept, the assembly reads them again.
+    assert sorted(counting.reads) == ([0, 1, 2, 3] if hold_bytes is None else [0, 0, 1, 1, 2, 3])
+
+
+def test_a_negative_hold_bound_is_refused():
+    with pytest.raises(ValueError, match="hold_bytes"):
+        RequestSource(CountingSource([]), num_layers=1, meter=KVMeter(), hold_bytes=-1)
