@@ -12,6 +12,7 @@ COMMANDS = {
     "bench-decode": "decoding speed and exact match of float against int8 weights",
     "bench-store": "KV store benchmark",
     "bench-load": "service throughput under concurrent clients",
+    "bench-compare": "configurations of different runs, paired on the questions they share",
 }
 
 
@@ -33,6 +34,11 @@ def run_command(command: str, argv: list[str]) -> int:
 
         decode.add_arguments(parser)
         return decode.run(parser.parse_args(argv), f"samkv-rag {command} {shlex.join(argv)}")
+    if command == "bench-compare":
+        from app.bench import compare
+
+        compare.add_arguments(parser)
+        return compare.run(parser.parse_args(argv))
     if command == "bench-load":
         from app.bench import load
 
