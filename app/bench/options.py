@@ -83,10 +83,22 @@ def add_model_arguments(parser: argparse.ArgumentParser, model: str = DEFAULT_MO
     parser.add_argument("--dtype", default="auto")
 
 
+def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
+    """The engine's settings a run may change: its weights and what a request keeps between passes."""
+    from samkv.quantize import WEIGHTS
+
+    parser.add_argument("--weights", choices=WEIGHTS, default="float",
+                        help="int8: int8 weight-only linear layers (SAMKV_WEIGHTS)")
+    parser.add_argument("--probe-hold-bytes", type=int, default=None,
+                        help="stored KV bytes a request keeps from its probe for its assembly "
+                             "(SAMKV_PROBE_HOLD_BYTES); default no bound, 0 keeps nothing")
+
+
 def load_engine(args: argparse.Namespace, weights: str):
     """The self-checked engine of the model flags (add_model_arguments) with `weights`
-    ("float" or "int8", samkv.quantize)."""
+    ("float" or "int8", samkv.quantize) and, where given, --probe-hold-bytes."""
     from samkv import Engine
     from samkv.runtime import load_model
 
-    return Engine(load_model(args.model or None, device=args.device, dtype=args.dtype, weights=weights))
+    loaded = load_model(args.model or None, device=args.device, dtype=args.dtype, weights=weights)
+    return Engine(loaded, probe_hold_bytes=getattr(args, "probe_hold_bytes", None))

@@ -20,6 +20,7 @@ from app.bench.command import ALL_METHODS, ANSWER_PREFIX, store_source_factory
 from app.bench.generator import QAGenerator, Question
 from app.bench.options import (
     add_cache_arguments,
+    add_engine_arguments,
     add_model_arguments,
     fraction,
     int_list,
@@ -34,8 +35,6 @@ DEFAULT_LENGTHS = "1000,2000,4000,8000"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `samkv-rag bench-sweep`."""
-    from samkv.quantize import WEIGHTS
-
     parser.add_argument("--context-tokens", type=int_list, default=int_list(DEFAULT_LENGTHS),
                         help="context lengths to pad every question to, in tokens (lengths the model "
                              "cannot hold are skipped with a message)")
@@ -54,8 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--answer-prefix", default=ANSWER_PREFIX)
     add_cache_arguments(parser)
     add_model_arguments(parser)
-    parser.add_argument("--weights", choices=WEIGHTS, default="float",
-                        help="int8: int8 weight-only linear layers (SAMKV_WEIGHTS)")
+    add_engine_arguments(parser)
     parser.add_argument("--out", type=Path, default=Path("sweep-results"))
 
 
