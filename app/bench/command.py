@@ -106,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
     from app.bench.report import write_report
     from app.bench.runner import method_configs, parse_value, run_questions
     from app.bench.summary import summarise
+    from samkv.methods import make_method
 
     try:
         split, seed = resolve_seed(args.split, args.seed)
@@ -117,13 +118,6 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    engine = load_engine(args, args.weights)
-    if args.dataset:
-        questions = load_longbench(args.dataset, limit=args.questions, max_docs=args.docs)
-    else:
-        generator = QAGenerator(engine.count_tokens, seed=seed, prose=ProseCorpus.load() if args.prose else None)
-        questions = generator.questions(args.questions, args.docs, args.doc_tokens, args.two_hop_fraction,
-                                        args.confuser_fraction, args.indirect_bridge_fraction)
     ablations = [a for a in args.ablations.split(",") if a.strip()]
     samkv_params = dict(p.split("=", 1) for p in args.samkv_param)
     try:
@@ -134,6 +128,19 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    for config in configs:  # refused now, not after the model has loaded and the questions are made
+        try:
+            make_method(config.method, **config.params)
+        except ValueError as error:
+            print(f"error: {config.label}: {error}", file=sys.stderr)
+            return 2
+    engine = load_engine(args, args.weights)
+    if args.dataset:
+        questions = load_longbench(args.dataset, limit=args.questions, max_docs=args.docs)
+    else:
+        generator = QAGenerator(engine.count_tokens, seed=seed, prose=ProseCorpus.load() if args.prose else None)
+        questions = generator.questions(args.questions, args.docs, args.doc_tokens, args.two_hop_fraction,
+                                        args.confuser_fraction, args.indirect_bridge_fraction)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.selection_only:
         return _run_selection(engine, questions, configs, args, split, seed)

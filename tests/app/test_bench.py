@@ -155,6 +155,9 @@ def test_the_bench_command_records_split_seed_and_a_cold_disk_tier(tiny_checkpoi
     assert (report["split"], report["seed"]) == ("dev", 100)
     assert run(parser.parse_args(["--split", "dev", "--seed", "1000"])) == 2
     assert run(parser.parse_args(["--cache-tier", "memory", "--cold"])) == 2
+    # A configuration the method refuses stops the run before the model is loaded.
+    assert run(parser.parse_args(["--model", "/nonexistent", "--samkv-param", "complement_mode=packet"])) == 2
+    assert "samkv[global_budget=False]@0.15: global_budget=False" in capsys.readouterr().err
 
 
 def test_a_cold_disk_tier_evicts_every_stored_cache(tiny_engine, tmp_path):
