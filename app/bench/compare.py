@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,14 +19,19 @@ from typing import Any
 from app.bench.stats import paired_comparison
 
 KINDS = ("single", "two-hop")
+# What decides a run's questions: the generator spreads kinds and variants over the planned
+# count, so runs that differ in any of these ask different questions under the same indices.
+QUESTION_KEYS = ("model", "split", "seed", "questions_planned", "docs", "doc_tokens", "two_hop_fraction",
+                 "prose", "confuser_fraction", "indirect_bridge_fraction")
 
 
 @dataclass(frozen=True)
 class RunConfig:
-    """One configuration (its label) of one run folder, and its records."""
+    """One configuration (its label) of one run folder, its records and what decided its questions."""
 
     name: str
     records: list[dict[str, Any]]
+    questions: dict[str, Any]
 
 
 def parse_run_config(text: str) -> RunConfig:
@@ -40,7 +46,9 @@ def parse_run_config(text: str) -> RunConfig:
         records = [record for line in handle if (record := json.loads(line))["label"] == label]
     if not records:
         raise argparse.ArgumentTypeError(f"{folder} has no records labelled {label!r}")
-    return RunConfig(f"{Path(folder).name}:{label}", records)
+    results = Path(folder) / "results.json"
+    meta = json.loads(results.read_text())["meta"] if results.is_file() else {}
+    return RunConfig(f"{Path(folder).name}:{label}", records, {key: meta.get(key) for key in QUESTION_KEYS})
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -92,7 +100,15 @@ def comparison_rows(reference: RunConfig, others: list[RunConfig]) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Prints (and with --out writes) the comparison table."""
+    """Prints (and with --out writes) the comparison table; refuses runs with other questions."""
+    for other in args.others:
+        differing = [key for key in QUESTION_KEYS if other.questions[key] != args.reference.questions[key]]
+        if differing:
+            shown = ", ".join(f"{key} {args.reference.questions[key]!r} against {other.questions[key]!r}"
+                              for key in differing)
+            print(f"error: {other.name} asked other questions than {args.reference.name} ({shown})",
+                  file=sys.stderr)
+            return 2
     table = "\n".join(comparison_rows(args.reference, args.others)) + "\n"
     print(table, end="")
     if args.out:

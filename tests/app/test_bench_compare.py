@@ -9,8 +9,10 @@ import pytest
 from app.bench.commands import run_command
 
 
-def _write_run(folder, label, outcomes, answers, first=0):
+def _write_run(folder, label, outcomes, answers, first=0, planned=8):
     folder.mkdir(parents=True, exist_ok=True)
+    meta = {"split": "test", "seed": 1000, "questions_planned": planned, "docs": 6}
+    (folder / "results.json").write_text(json.dumps({"meta": meta, "results": []}))
     with (folder / "records.jsonl").open("w") as handle:
         for index, (right, answer) in enumerate(zip(outcomes, answers), start=first):
             record = {"question_index": index, "kind": "single" if index % 2 else "two-hop", "label": label,
@@ -41,3 +43,10 @@ def test_an_unknown_label_is_a_clear_error(tmp_path, capsys):
     with pytest.raises(SystemExit):
         run_command("bench-compare", [f"{tmp_path / 'run'}:full", f"{tmp_path / 'run'}:samkv"])
     assert "has no records labelled 'samkv'" in capsys.readouterr().err
+
+
+def test_runs_that_asked_other_questions_are_not_paired(tmp_path, capsys):
+    _write_run(tmp_path / "a", "full", [1, 0], ["a", "b"], planned=150)
+    _write_run(tmp_path / "b", "samkv", [1, 0], ["a", "b"], planned=120)
+    assert run_command("bench-compare", [f"{tmp_path / 'a'}:full", f"{tmp_path / 'b'}:samkv"]) == 2
+    assert "questions_planned 150 against 120" in capsys.readouterr().err
