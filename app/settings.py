@@ -33,12 +33,12 @@ class Settings(BaseSettings):
         description="float: the weights in `dtype`; int8: int8 weight-only linear layers, for faster "
         "decoding on the CPU. Stored caches belong to one setting (it is part of the fingerprint).",
     )
-    probe_hold_bytes: int | None = Field(
-        None,
+    probe_hold_bytes: int = Field(
+        0,
         ge=0,
-        description="Stored KV bytes a request keeps from its probe so its assembly need not read "
-        "those layers again; unset: no bound (fastest, the peak KV then includes them); 0: keep "
-        "nothing (the smallest peak, every probed layer read twice).",
+        description="Stored KV bytes a request keeps from SamKV's probe so its assembly need not "
+        "read those layers again (the peak KV then includes them); 0 keeps nothing, and every "
+        "probed layer is read twice (from the page cache or the memory tier, the second time).",
     )
     embedding_model: str = Field(
         "", description="Empty for the embedded all-MiniLM-L6-v2, else a local model path."

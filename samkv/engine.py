@@ -55,10 +55,11 @@ class Engine:
         loaded: LoadedModel,
         summary_window: int = DEFAULT_SUMMARY_WINDOW,
         self_check: bool = True,
-        probe_hold_bytes: int | None = None,
+        probe_hold_bytes: int | None = 0,
     ) -> None:
         self.loaded = loaded
-        # Stored bytes a request keeps from its probe for its assembly (see RequestSource).
+        # Stored bytes a request keeps from its probe for its assembly (see RequestSource; None:
+        # no bound). Nothing by default: keeping them measured no faster and 2.5 × the peak KV.
         self.probe_hold_bytes = probe_hold_bytes
         self.ops = ModelOps(loaded.model)
         self.tokenizer = loaded.tokenizer

@@ -89,9 +89,9 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--weights", choices=WEIGHTS, default="float",
                         help="int8: int8 weight-only linear layers (SAMKV_WEIGHTS)")
-    parser.add_argument("--probe-hold-bytes", type=int, default=None,
+    parser.add_argument("--probe-hold-bytes", type=int, default=0,
                         help="stored KV bytes a request keeps from its probe for its assembly "
-                             "(SAMKV_PROBE_HOLD_BYTES); default no bound, 0 keeps nothing")
+                             "(SAMKV_PROBE_HOLD_BYTES); 0, the default, keeps nothing")
 
 
 def load_engine(args: argparse.Namespace, weights: str):
@@ -101,4 +101,4 @@ def load_engine(args: argparse.Namespace, weights: str):
     from samkv.runtime import load_model
 
     loaded = load_model(args.model or None, device=args.device, dtype=args.dtype, weights=weights)
-    return Engine(loaded, probe_hold_bytes=getattr(args, "probe_hold_bytes", None))
+    return Engine(loaded, probe_hold_bytes=getattr(args, "probe_hold_bytes", 0))

@@ -76,10 +76,14 @@ class CountingSource:
     ("samkv", {"keep_ratio": 0.3, "complement_mode": "reprobe", "complement_weight": 0.5}),
     ("naive", {}), ("epic", {}),
 ])
-def test_each_stored_layer_is_read_once_per_request(tiny_engine, method, params):
+def test_each_stored_layer_is_read_once_per_request_when_the_probes_layers_are_kept(tiny_engine, method, params):
     engine = tiny_engine("llama", layers=4)
     source = CountingSource(engine.encode_documents(DOCUMENTS))
-    engine.generate(QUESTION, source, method, max_new_tokens=2, **params)
+    engine.probe_hold_bytes = None  # no bound: every layer a probe reads is kept for the assembly
+    try:
+        engine.generate(QUESTION, source, method, max_new_tokens=2, **params)
+    finally:
+        engine.probe_hold_bytes = 0
     assert sorted(source.reads) == list(range(4))
 
 
