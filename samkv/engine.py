@@ -232,8 +232,8 @@ class Engine:
     def prepare(self, request: Request, extra: int) -> Prepared:
         """Runs the method: the decoding cache [P ; kept context] with room for `extra` tokens.
 
-        Each stored layer is read once per request (`RequestSource`), the next one while the
-        current one is used. The waits for stored KV are timed as "load", the method's looking as
+        Stored layers are read through a `RequestSource`, the next one while the current one is
+        used; the probe's layers are kept for the assembly up to `probe_hold_bytes`. The waits for stored KV are timed as "load", the method's looking as
         "probe", the rest of its decision as "select", and the assembly with its recomputation as
         "assemble".
         """

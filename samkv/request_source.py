@@ -1,4 +1,4 @@
-"""One request's reads of its stored documents: each layer read once, the next read ahead."""
+"""One request's reads of its stored documents: the next layer read ahead, read layers kept up to a bound."""
 
 from __future__ import annotations
 
@@ -13,10 +13,11 @@ from samkv.document import DocumentMeta, DocumentSource, LayerKV
 
 
 class RequestSource:
-    """A `DocumentSource` that reads each layer of the request's `source` once.
+    """A `DocumentSource` over the request's `source` that can read each layer once.
 
     A method looks at some layers (its probe) before the assembly reads them all; the layers
-    read are kept for the rest of the request, so the store serves each one once. Inside
+    read are kept for the rest of the request, up to `hold_bytes`, so the store serves each kept
+    one once. Inside
     `final_pass` (the assembly, the last reader) a layer is handed over and forgotten, so no
     more than the looked-at layers are ever held.
 
