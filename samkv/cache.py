@@ -5,6 +5,11 @@ from __future__ import annotations
 import torch
 
 
+def tensor_bytes(*tensors: torch.Tensor) -> int:
+    """The bytes the elements of `tensors` take."""
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
 class KVMeter:
     """Counts the bytes of KV tensors a request holds, and the peak of that count."""
 
@@ -13,11 +18,11 @@ class KVMeter:
         self.peak = 0
 
     def hold(self, *tensors: torch.Tensor) -> None:
-        self.current += sum(t.numel() * t.element_size() for t in tensors)
+        self.current += tensor_bytes(*tensors)
         self.peak = max(self.peak, self.current)
 
     def release(self, *tensors: torch.Tensor) -> None:
-        self.current -= sum(t.numel() * t.element_size() for t in tensors)
+        self.current -= tensor_bytes(*tensors)
 
 
 class KVCache:

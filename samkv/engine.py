@@ -233,7 +233,8 @@ class Engine:
         """Runs the method: the decoding cache [P ; kept context] with room for `extra` tokens.
 
         Stored layers are read through a `RequestSource`, the next one while the current one is
-        used; the probe's layers are kept for the assembly up to `probe_hold_bytes`. The waits for stored KV are timed as "load", the method's looking as
+        used; the probe's layers are kept for the assembly up to `probe_hold_bytes`. The waits
+        for stored KV are timed as "load", the method's looking as
         "probe", the rest of its decision as "select", and the assembly with its recomputation as
         "assemble".
         """

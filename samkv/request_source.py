@@ -8,7 +8,7 @@ from contextlib import contextmanager
 
 import torch
 
-from samkv.cache import KVMeter
+from samkv.cache import KVMeter, tensor_bytes
 from samkv.document import DocumentMeta, DocumentSource, LayerKV
 
 
@@ -58,7 +58,7 @@ class RequestSource:
             pending = self._pending.pop(layer, None) or self._reader.submit(self.source.read_layer, layer)
             parts = pending.result()
             self._held[layer] = parts
-            self._held_bytes += _nbytes(parts)
+            self._held_bytes += tensor_bytes(*_tensors(parts))
             self.meter.hold(*_tensors(parts))
         if self._final or (self.hold_bytes is not None and self._held_bytes > self.hold_bytes):
             self._forget(layer)
@@ -83,7 +83,7 @@ class RequestSource:
 
     def _forget(self, layer: int) -> None:
         parts = self._held.pop(layer)
-        self._held_bytes -= _nbytes(parts)
+        self._held_bytes -= tensor_bytes(*_tensors(parts))
         self.meter.release(*_tensors(parts))
 
     def _read_ahead(self, layer: int) -> None:
@@ -93,7 +93,3 @@ class RequestSource:
 
 def _tensors(parts: list[LayerKV]) -> list[torch.Tensor]:
     return [tensor for part in parts for tensor in (part.keys, part.values)]
-
-
-def _nbytes(parts: list[LayerKV]) -> int:
-    return sum(tensor.numel() * tensor.element_size() for tensor in _tensors(parts))

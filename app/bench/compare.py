@@ -63,12 +63,13 @@ def _paired(records: list[dict[str, Any]], reference: list[dict[str, Any]]) -> t
     return shared, [by_question[r["question_index"]] for r in shared]
 
 
-def _difference(records: list[dict[str, Any]], reference: list[dict[str, Any]]) -> str:
-    if len(records) < 2:
-        return "–"
-    compared = paired_comparison(records, reference)
+def _em_difference(compared: dict[str, Any]) -> str:
     low, high = compared["exact_match_diff_ci"]
     return f"{compared['exact_match_diff']:+.1f} [{low:+.1f}, {high:+.1f}]"
+
+
+def _kind_difference(records: list[dict[str, Any]], reference: list[dict[str, Any]]) -> str:
+    return _em_difference(paired_comparison(records, reference)) if len(records) >= 2 else "–"
 
 
 def comparison_rows(reference: RunConfig, others: list[RunConfig]) -> list[str]:
@@ -85,13 +86,10 @@ def comparison_rows(reference: RunConfig, others: list[RunConfig]) -> list[str]:
         test = compared["exact_match_test"]
         f1_low, f1_high = compared["f1_diff_ci"]
         identical = 100 * statistics.fmean(float(r["answer"] == p["answer"]) for r, p in zip(records, paired))
-        by_kind = []
-        for kind in KINDS:
-            mine = [r for r in records if r["kind"] == kind]
-            by_kind.append(_difference(*_paired(mine, paired)))
+        by_kind = [_kind_difference([r for r in records if r["kind"] == kind], paired) for kind in KINDS]
         lines.append(
             f"| {other.name} | {len(records)} | {100 * statistics.fmean(r['exact_match'] for r in records):.1f} | "
-            f"{100 * statistics.fmean(p['exact_match'] for p in paired):.1f} | {_difference(records, paired)} | "
+            f"{100 * statistics.fmean(p['exact_match'] for p in paired):.1f} | {_em_difference(compared) if len(records) >= 2 else '–'} | "
             f"{compared['f1_diff']:+.1f} [{f1_low:+.1f}, {f1_high:+.1f}] | {test['better']} / {test['worse']} | "
             f"{test['p_value']:.3f} | {identical:.1f} | " + " | ".join(by_kind)
             + f" | {statistics.median(r['ttft_ms'] for r in records):.0f} |"
