@@ -111,7 +111,8 @@ class Precomputer:
 
     `encode_batch` encodes several chunks in one call (one padded forward pass, say); without it,
     or for a batch it raised on, chunks are encoded one by one with the store's encoder, so one
-    bad chunk fails alone. Chunks already durable are not encoded again. `on_progress`, if
+    bad chunk fails alone. Chunks already durable are not encoded again, nor those a faster
+    tier (another replica's Redis copy) holds: they are copied to the durable tier. `on_progress`, if
     given, is called from the worker thread after every batch and when a job ends.
     """
 
@@ -185,7 +186,8 @@ class Precomputer:
             texts[key] = text
         todo = []
         for key, count in counts.items():
-            if self.store.has_durable_copy(key):
+            # Another replica may have stored it in the shared tier: a copy costs a read, not a prefill.
+            if self.store.has_durable_copy(key) or self.store.copy_to_durable(key):
                 state.record(count)
             else:
                 todo.append(key)

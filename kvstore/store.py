@@ -196,6 +196,33 @@ class TieredStore:
         self._write(key, encode(doc, self.storage_format))
         return key
 
+    def copy_to_durable(self, item: Item) -> bool:
+        """Write a faster tier's valid copy of `item` to the durable tier; whether it did.
+
+        A replica that joins with an empty disk finds the caches other replicas stored in
+        the shared Redis tier: copying one costs a read, encoding it again a prefill. False
+        when no faster tier holds a valid copy, the key was deleted during the read, or the
+        durable tier refused the write (the caller then encodes as before).
+        """
+        key, _ = self._resolve(item)
+        deletes = self._deletes
+        durable = self.durable_tier
+        for tier in self.tiers[:-1]:
+            stored = self.read_tier(tier, key, lambda t=tier: t.get(key), count=False)
+            if stored is None:
+                continue
+            with self._lock(key):
+                if self._deletes != deletes:
+                    return False
+                try:
+                    durable.put(key, stored)
+                except (TierFull, TierUnavailable) as exc:
+                    self.metrics.write_rejected(durable.name, "full" if isinstance(exc, TierFull) else "unavailable")
+                    return False
+                self.metrics.written(durable.name)
+            return True
+        return False
+
     def delete(self, item: Item) -> None:
         """Remove `item`'s cache from every tier (a tier that is down keeps its copy until its TTL)."""
         key, _ = self._resolve(item)

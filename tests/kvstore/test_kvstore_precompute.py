@@ -8,8 +8,8 @@ import threading
 
 import pytest
 
-from kvstore import DiskTier, MemoryTier, Precomputer, QueueFull, TieredStore
-from tests.kvstore.kvstore_testing import FINGERPRINT, FakeEncoder
+from kvstore import DiskTier, MemoryTier, Precomputer, QueueFull, RedisTier, TieredStore
+from tests.kvstore.kvstore_testing import FINGERPRINT, FakeEncoder, assert_same_doc
 
 
 @pytest.fixture
@@ -118,3 +118,31 @@ def test_the_queue_is_bounded(store, encoder):
     pre.close()
     with pytest.raises(RuntimeError):
         pre.submit(["four"])
+
+
+def test_a_replica_with_an_empty_disk_copies_what_the_shared_redis_holds(
+    tmp_path, shared_redis_url, redis_prefix, encoder
+):
+    def replica(name: str) -> TieredStore:
+        tiers = [MemoryTier(2**24), RedisTier(shared_redis_url, prefix=redis_prefix), DiskTier(tmp_path / name)]
+        return TieredStore(FINGERPRINT, tiers, encode=encoder)
+
+    first, second = replica("first"), replica("second")
+    writer = Precomputer(first)
+    writer.submit(["a", "b"]).wait(timeout=30)
+    writer.close()
+    first_copy = first.get("a")
+    first.close()
+    encoder.calls.clear()
+
+    pre = Precomputer(second)
+    progress = pre.submit(["a", "b", "c"]).wait(timeout=30)
+    pre.close()
+    assert (progress.status, progress.done) == ("done", 3)
+    assert encoder.calls == ["c"]  # a and b came from Redis, c from the encoder
+    assert all(second.has_durable_copy(text) for text in "abc")
+    assert not second.copy_to_durable("never stored")
+    # The copy on the second disk is the first replica's bytes, served with Redis gone.
+    on_disk = TieredStore(FINGERPRINT, [DiskTier(tmp_path / "second")])
+    assert_same_doc(on_disk.get("a"), first_copy)
+    second.close()
