@@ -73,6 +73,7 @@ class Services:
             chunk_overlap=settings.chunk_overlap,
             database_url=settings.database_url,
             follow_interval_s=settings.index_poll_s,
+            change_log_keep=settings.change_log_keep,
         )
         store = open_store(
             data_dir,

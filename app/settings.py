@@ -109,6 +109,10 @@ class Settings(BaseSettings):
     index_poll_s: float = Field(
         0.25, gt=0, le=60, description="How often the index applies other replicas' changes."
     )
+    change_log_keep: int = Field(
+        100_000, ge=1,
+        description="Versions of the shared change log kept; a replica further behind rebuilds its index.",
+    )
 
     @model_validator(mode="after")
     def _heartbeat_within_lease(self) -> Settings:

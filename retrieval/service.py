@@ -35,6 +35,8 @@ INDEX_FILE = "index.faiss"
 FILTER_OVERFETCH = 8
 # The follower logs an unreachable database at most this often.
 UNAVAILABLE_WARNING_INTERVAL_S = 30.0
+# The follower looks at most this often whether the change log has grown past what it keeps.
+PRUNE_CHECK_INTERVAL_S = 60.0
 
 Scalar = str | int | float | bool | None
 
@@ -52,7 +54,9 @@ class RetrievalService:
     If the database cannot be reached at start, the service opens anyway and keeps trying in
     the background; meanwhile (and during any later outage) calls raise `StoreUnavailable`
     and `unavailable_reason` says why. Thread-safe. The index is flat (exact) up to
-    `hnsw_threshold` chunks and HNSW beyond.
+    `hnsw_threshold` chunks and HNSW beyond. The change log keeps its last `change_log_keep`
+    versions (the follower prunes it); a replica that was down for longer rebuilds its index
+    from the table when it comes back.
     """
 
     def __init__(
@@ -67,7 +71,11 @@ class RetrievalService:
         save_interval_s: float = 5.0,
         database_url: str = "",
         follow_interval_s: float = 0.25,
+        change_log_keep: int = 100_000,
     ) -> None:
+        if change_log_keep < 1:
+            raise ValueError(f"change_log_keep must be at least 1, got {change_log_keep}")
+        self._change_log_keep = change_log_keep
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._chunker = Chunker(count_tokens, chunk_tokens, chunk_overlap)
@@ -242,12 +250,21 @@ class RetrievalService:
         self._opened = True
         self._open_error = None
 
+    def prune_change_log(self) -> int:
+        """Delete the change log's entries beyond the versions it keeps; how many."""
+        self._check_ready()
+        return self._store.prune_changes(self._change_log_keep)
+
     def _follow(self, interval_s: float) -> None:
         warned = 0.0
+        pruned_at = time.monotonic()
         while not self._stop.wait(interval_s):
             try:
                 if self._opened:
                     self._index.sync()
+                    if time.monotonic() - pruned_at >= PRUNE_CHECK_INTERVAL_S:
+                        pruned_at = time.monotonic()
+                        self._store.prune_changes(self._change_log_keep)
                 else:
                     self._open_or_defer()
             except StoreUnavailable as error:

@@ -25,6 +25,8 @@ from retrieval.schema import CHANGES_SEQUENCE, changes, chunks, documents, meta,
 logger = logging.getLogger(__name__)
 
 ADD, REMOVE, REBUILD = "add", "remove", "rebuild"
+# The `meta` key of the last version whose changes `prune_changes` deleted.
+PRUNED_META_KEY = "changes_pruned_through"
 _CHUNK_COLUMNS = (
     chunks.c.id,
     chunks.c.document_id,
@@ -58,8 +60,7 @@ class DocumentStore:
         """Set a value of the store's key-value metadata."""
         with self.database.write() as conn:
             _next_version(conn)  # serialises writers, so the delete-insert below cannot race
-            conn.execute(sa.delete(meta).where(meta.c.key == key))
-            conn.execute(sa.insert(meta).values(key=key, value=value))
+            _set_meta(conn, key, value)
 
     def replace_document(
         self,
@@ -248,7 +249,8 @@ class DocumentStore:
             return _current_version(conn)
 
     def changes_since(self, version: int) -> ChangeBatch:
-        """Every committed change after `version`, oldest first."""
+        """Every committed change after `version`, oldest first; a single rebuild when the log
+        no longer reaches back to `version` (`prune_changes` deleted what the reader missed)."""
         with self.database.read() as conn:
             latest = _current_version(conn)
             rows = conn.execute(
@@ -256,7 +258,31 @@ class DocumentStore:
                 .where(changes.c.version > version, changes.c.version <= latest)
                 .order_by(changes.c.version, changes.c.id)
             ).all()
+            # Read after the rows: a prune committed before the rows were read shows here.
+            pruned = _pruned_through(conn)
+        if version < pruned:
+            return ChangeBatch(latest, [(REBUILD, 0)])
         return ChangeBatch(latest, [(kind, int(chunk_id)) for kind, chunk_id in rows])
+
+    def prune_changes(self, keep: int) -> int:
+        """Delete the change log's entries older than its last `keep` versions; how many.
+
+        A replica whose index is older than what is left gets a rebuild from `changes_since`
+        instead of the changes it missed.
+        """
+        if keep < 1:
+            raise ValueError(f"keep must be at least 1, got {keep}")
+        with self.database.read() as conn:
+            if _current_version(conn) - keep <= _pruned_through(conn):
+                return 0
+        with self.database.write() as conn:
+            cutoff = _lock_versions(conn) - keep
+            if cutoff <= _pruned_through(conn):
+                return 0
+            deleted = conn.execute(sa.delete(changes).where(changes.c.version <= cutoff)).rowcount
+            _set_meta(conn, PRUNED_META_KEY, str(cutoff))
+        logger.info("pruned %d change-log entries up to version %d", deleted, cutoff)
+        return deleted
 
 
 def _next_version(conn: sa.Connection) -> int:
@@ -266,10 +292,28 @@ def _next_version(conn: sa.Connection) -> int:
     return conn.execute(sa.select(sequences.c.value).where(row)).scalar_one()
 
 
+def _lock_versions(conn: sa.Connection) -> int:
+    """The latest version, with the counter row locked as `_next_version` locks it, without
+    taking a version: writers wait until the transaction ends, the log stays dense."""
+    row = sequences.c.name == CHANGES_SEQUENCE
+    conn.execute(sa.update(sequences).where(row).values(value=sequences.c.value))
+    return conn.execute(sa.select(sequences.c.value).where(row)).scalar_one()
+
+
 def _current_version(conn: sa.Connection) -> int:
     return conn.execute(
         sa.select(sequences.c.value).where(sequences.c.name == CHANGES_SEQUENCE)
     ).scalar_one()
+
+
+def _pruned_through(conn: sa.Connection) -> int:
+    value = conn.execute(sa.select(meta.c.value).where(meta.c.key == PRUNED_META_KEY)).scalar()
+    return int(value) if value is not None else 0
+
+
+def _set_meta(conn: sa.Connection, key: str, value: str) -> None:
+    conn.execute(sa.delete(meta).where(meta.c.key == key))
+    conn.execute(sa.insert(meta).values(key=key, value=value))
 
 
 def _log_changes(conn: sa.Connection, version: int, kind: str, ids: Sequence[int]) -> None:

@@ -137,6 +137,24 @@ def test_an_older_index_file_catches_up_through_the_change_log(open_service, tmp
     assert list(reopened.index_ids()) == list(reopened.stored_chunk_ids())
 
 
+def test_an_index_file_older_than_the_pruned_log_is_rebuilt(open_service, tmp_path, caplog):
+    service = open_service(change_log_keep=1)
+    service.add_document(ANIMALS["otters"], "otters")
+    service.save()
+    stale = (tmp_path / "data" / INDEX_FILE).read_bytes()
+    service.add_document(CITIES["kyoto"], "kyoto")
+    service.delete_document("otters")
+    assert service.prune_change_log() > 0  # on SQLite, the embedded default
+    service.close()
+    (tmp_path / "data" / INDEX_FILE).write_bytes(stale)
+
+    with caplog.at_level(logging.INFO, logger="retrieval"):
+        reopened = open_service()
+    assert any("asks for a rebuild" in r.getMessage() for r in caplog.records)
+    assert reopened.search("Buddhist temples", top_k=1)[0].document_id == "kyoto"
+    assert list(reopened.index_ids()) == list(reopened.stored_chunk_ids())
+
+
 def test_an_inconsistent_index_file_is_rebuilt(open_service, tmp_path, caplog):
     service = open_service()
     service.add_document(ANIMALS["otters"], "otters")

@@ -105,3 +105,27 @@ def test_concurrent_writers_of_one_id_leave_one_version_whole(replicas):
     for service in (a, b):
         service.sync()
         assert np.array_equal(service.index_ids(), service.stored_chunk_ids())
+
+
+def test_a_replica_behind_the_pruned_change_log_rebuilds_its_index(tmp_path, count_tokens, embedder,
+                                                                     database_url, replicas):
+    writer = replicas("writer")
+    # A replica that applies changes only when asked, so the log can be pruned past it.
+    behind = RetrievalService(tmp_path / "behind", count_tokens, embedder, chunk_tokens=64,
+                              database_url=database_url, follow_interval_s=3600, change_log_keep=1)
+    try:
+        for n in range(4):
+            writer.add_document(f"Harbour note {n}: the ferry leaves pier {n} at dawn.", f"note-{n}")
+        writer.delete_document("note-0")
+        assert behind.prune_change_log() > 0
+        assert behind.prune_change_log() == 0  # nothing older than the last version is left
+        engine = sa.create_engine(database_url.replace("postgresql://", "postgresql+psycopg://"))
+        with engine.connect() as conn:
+            versions = conn.execute(sa.text("SELECT DISTINCT version FROM changes")).scalars().all()
+        engine.dispose()
+        assert len(versions) <= 1
+        behind.sync()
+        assert np.array_equal(behind.index_ids(), behind.stored_chunk_ids())
+        assert behind.index_ids().size == writer.stored_chunk_ids().size > 0
+    finally:
+        behind.close()
