@@ -118,6 +118,13 @@ class GenerationOptions(BaseModel):
     method: Method | None = None
     keep_ratio: float | None = Field(None, gt=0.0, le=1.0)
     filters: dict[str, Scalar] | None = None
+    include_selection: bool = Field(
+        False,
+        description="Also return, per source, which of its tokens the method kept in the "
+        "decoding cache and which it recomputed, as character spans of the source's `text` "
+        "(`selection` in the answer; when streaming, in the `done` event of /v1/query or on "
+        "the last chunk of chat completions).",
+    )
 
 
 class QueryIn(GenerationOptions):
@@ -126,12 +133,6 @@ class QueryIn(GenerationOptions):
     question: str = Field(..., min_length=1)
     max_new_tokens: int | None = Field(None, ge=1, le=2048)
     stream: bool = False
-    include_selection: bool = Field(
-        False,
-        description="Also return, per source, which of its tokens the method kept in the "
-        "decoding cache and which it recomputed, as character spans of the source's `text` "
-        "(`selection` in the answer, or in the `done` event when streaming).",
-    )
 
 
 class Source(BaseModel):

@@ -1,8 +1,9 @@
 """OpenAI-compatible chat completions: retrieval on the last user message, answers by SamKV.
 
-Extra body fields `method`, `keep_ratio`, `top_k` and `filters` choose how; the answer carries
-the retrieved chunks in an extra `sources` field (on the first chunk when streaming) and the
-generation stats in `stats` (on the last chunk).
+Extra body fields `method`, `keep_ratio`, `top_k`, `filters` and `include_selection` choose
+how; the answer carries the retrieved chunks in an extra `sources` field (on the first chunk
+when streaming), the generation stats in `stats` and, with `include_selection`, the kept and
+recomputed spans of each source in `selection` (on the last chunk).
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from fastapi.responses import StreamingResponse
 from app.dependencies import ServicesDep
 from app.errors import InvalidInput, to_api_error
 from app.generation import RunningGeneration
-from app.routers.query import sources_of
+from app.routers.query import selections, sources_of
 from app.schemas import ChatCompletionIn, ErrorResponse, Source
+from app.services import Services
 from app.sse import SSE_HEADERS, sse_data
 
 router = APIRouter(prefix="/v1", tags=["openai"])
@@ -66,13 +68,14 @@ async def chat_completions(body: ChatCompletionIn, services: ServicesDep):
     sources = sources_of(hits)
     if body.stream:
         return StreamingResponse(
-            _chunks(running, sources, completion_id, created, body.model, limit, prompt_tokens,
-                    services.settings.retry_after_s),
+            _chunks(services, running, sources, completion_id, created, body.model, limit,
+                    prompt_tokens, body.include_selection),
             media_type="text/event-stream",
             headers=SSE_HEADERS,
         )
     answer = "".join([piece async for piece in running])
     stats = running.stats or {}
+    selection = _selection_field(services, running, sources, body.include_selection)
     return {
         "id": completion_id,
         "object": "chat.completion",
@@ -89,7 +92,17 @@ async def chat_completions(body: ChatCompletionIn, services: ServicesDep):
         "usage": _usage(stats, prompt_tokens),
         "sources": [s.model_dump() for s in sources],
         "stats": stats,
+        **selection,
     }
+
+
+def _selection_field(
+    services: Services, running: RunningGeneration, sources: list[Source], include: bool
+) -> dict[str, Any]:
+    """{"selection": [...]} of a finished generation when asked for, else nothing."""
+    if not include:
+        return {}
+    return {"selection": [s.model_dump() for s in selections(services, running, sources)]}
 
 
 def _last_user_message(body: ChatCompletionIn) -> str:
@@ -114,6 +127,7 @@ def _usage(stats: dict[str, Any], question_tokens: int) -> dict[str, int]:
 
 
 async def _chunks(
+    services: Services,
     running: RunningGeneration,
     sources: list[Source],
     completion_id: str,
@@ -121,7 +135,7 @@ async def _chunks(
     model: str,
     limit: int,
     question_tokens: int,
-    retry_after_s: int,
+    include_selection: bool,
 ) -> AsyncIterator[str]:
     def chunk(delta: dict[str, Any], finish_reason: str | None = None, **extra: Any) -> str:
         return sse_data({
@@ -138,9 +152,10 @@ async def _chunks(
         async for piece in running:
             yield chunk({"content": piece})
     except Exception as exc:  # noqa: BLE001 - headers are sent: OpenAI's clients read this shape
-        yield sse_data(to_api_error(exc, retry_after_s).body())
+        yield sse_data(to_api_error(exc, services.settings.retry_after_s).body())
         yield sse_data("[DONE]")
         return
     stats = running.stats or {}
-    yield chunk({}, _finish_reason(stats, limit), usage=_usage(stats, question_tokens), stats=stats)
+    yield chunk({}, _finish_reason(stats, limit), usage=_usage(stats, question_tokens), stats=stats,
+                **_selection_field(services, running, sources, include_selection))
     yield sse_data("[DONE]")

@@ -57,7 +57,7 @@ async def query(body: QueryIn, services: ServicesDep):
     sources = sources_of(hits)
     if not body.stream:
         answer = "".join([piece async for piece in running])
-        selection = _selection(services, running, sources) if body.include_selection else None
+        selection = selections(services, running, sources) if body.include_selection else None
         return QueryOut(answer=answer, sources=sources, stats=running.stats or {}, selection=selection)
     return StreamingResponse(
         _events(services, running, sources, body.include_selection),
@@ -66,9 +66,10 @@ async def query(body: QueryIn, services: ServicesDep):
     )
 
 
-def _selection(
+def selections(
     services: Services, running: RunningGeneration, sources: list[Source]
 ) -> list[SourceSelection]:
+    """Per source, the tokens a finished generation kept and recomputed, as character spans."""
     assert running.selection is not None, "read once the generation is done"
     return source_selections(
         sources,
@@ -92,5 +93,5 @@ async def _events(
         return
     done: dict[str, Any] = {"stats": running.stats, "answer": "".join(answer)}
     if include_selection:
-        done["selection"] = [s.model_dump() for s in _selection(services, running, sources)]
+        done["selection"] = [s.model_dump() for s in selections(services, running, sources)]
     yield sse_event("done", done)

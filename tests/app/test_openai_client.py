@@ -24,7 +24,8 @@ def openai_client(live_server):
 
 def test_chat_completion(openai_client, fact_documents):
     completion = openai_client.chat.completions.create(
-        model="samkv-rag", messages=MESSAGES, max_tokens=24, extra_body={"method": "samkv", "keep_ratio": 0.3}
+        model="samkv-rag", messages=MESSAGES, max_tokens=24,
+        extra_body={"method": "samkv", "keep_ratio": 0.3, "include_selection": True},
     )
     assert "4471" in completion.choices[0].message.content
     assert completion.choices[0].finish_reason in ("stop", "length")
@@ -32,11 +33,16 @@ def test_chat_completion(openai_client, fact_documents):
     extra = completion.model_extra
     assert extra["sources"][0]["document_id"] == "oriel-bank"
     assert extra["stats"]["method"] == "samkv"
+    selection = extra["selection"]
+    assert [s["chunk_id"] for s in selection] == [s["chunk_id"] for s in extra["sources"]]
+    kept = sum(s["kept_tokens"] for s in selection)
+    assert kept == extra["stats"]["kept_tokens"] < extra["stats"]["context_tokens"]
 
 
 def test_streamed_chat_completion(openai_client, fact_documents):
     stream = openai_client.chat.completions.create(
-        model="samkv-rag", messages=MESSAGES, max_tokens=24, stream=True, extra_body={"method": "full"}
+        model="samkv-rag", messages=MESSAGES, max_tokens=24, stream=True,
+        extra_body={"method": "full", "include_selection": True},
     )
     chunks = list(stream)
     assert chunks[0].choices[0].delta.role == "assistant"
@@ -46,6 +52,9 @@ def test_streamed_chat_completion(openai_client, fact_documents):
     assert sum(1 for c in chunks if c.choices[0].delta.content) >= 2
     assert chunks[-1].choices[0].finish_reason in ("stop", "length")
     assert chunks[-1].model_extra["stats"]["method"] == "full"
+    # A full prefill keeps every token of every source.
+    assert all(s["kept_share"] == 1.0 for s in chunks[-1].model_extra["selection"])
+    assert all("selection" not in c.model_extra for c in chunks[:-1])
 
 
 def test_openai_errors(openai_client, live_server):
