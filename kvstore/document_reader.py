@@ -4,6 +4,7 @@ for all of them, in prompt order, as the engine's `DocumentSource`."""
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -13,7 +14,7 @@ from kvstore.errors import CorruptEntry
 from kvstore.keys import StoreKey
 from kvstore.stored_format import Header, StoredDocument
 from kvstore.tier import LayerReader, Tier
-from samkv.document import DocumentMeta, LayerKV
+from samkv.document import DocumentMeta, LayerKV, select
 
 if TYPE_CHECKING:
     from kvstore.store import TieredStore
@@ -95,6 +96,11 @@ class DocumentReader:
         self._pin(self._store.repair(self.key, self._text))
         return decode_layer(self._pinned.header, self._pinned.layer(layer))
 
+    def end_pass(self) -> None:
+        """Close the copy held open for a pass that did not read this document's last layer;
+        the next read opens it again."""
+        self._close_reader()
+
     def _open(self, backfill: bool) -> int:
         """Locate the document; the index of the tier it was found at."""
         store = self._store
@@ -164,15 +170,22 @@ class StoreSource:
         """The tier each document is currently read from ("pinned" for a re-encoded copy)."""
         return [doc.tier_name for doc in self._documents]
 
-    def read_layer(self, layer: int) -> list[LayerKV]:
-        """Layer `layer` of every document, in prompt order, in the storage dtype."""
-        self._prefetch(layer)
-        return [doc.read_layer(layer) for doc in self._documents]
+    def read_layer(self, layer: int, documents: Sequence[int] | None = None) -> list[LayerKV]:
+        """Layer `layer` of the documents at `documents` (every one for None), in that order,
+        in the storage dtype; the others are not read."""
+        readers = select(self._documents, documents)
+        self._prefetch(readers, layer)
+        parts = [doc.read_layer(layer) for doc in readers]
+        if documents is not None and layer == self.num_layers - 1:
+            # The pass ends here for the documents it skipped too: close the copies they hold open.
+            for doc in set(self._documents) - set(readers):
+                doc.end_pass()
+        return parts
 
-    def _prefetch(self, layer: int) -> None:
+    def _prefetch(self, documents: list[DocumentReader], layer: int) -> None:
         """Let each tier that can fetch one layer of several documents at once do so."""
         groups: dict[int, list[LayerReader]] = {}
-        for doc in self._documents:
+        for doc in documents:
             if (open_copy := doc.open_copy) is not None:
                 groups.setdefault(open_copy[0], []).append(open_copy[1])
         for i, readers in groups.items():

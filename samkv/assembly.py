@@ -7,7 +7,7 @@ fresh KV from their hidden states, and the tokens the plan keeps are copied into
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -106,28 +106,45 @@ def encoded_as_seen(layout: Layout) -> torch.Tensor:
 
 
 def align_layer(
-    ops: ModelOps, prefix: KVCache, parts: list[LayerKV], layout: Layout, layer: int, extra: int = 0
+    ops: ModelOps,
+    prefix: KVCache,
+    parts: list[LayerKV],
+    layout: Layout,
+    layer: int,
+    extra: int = 0,
+    documents: Sequence[int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Keys (rotated to their prompt positions) and values [KVH, |P| + N + extra, d] of one layer.
 
-    The last `extra` slots are left for the caller's own tokens.
+    `parts` are the documents at `documents` (None: every document); the slots of the others
+    are zero. The last `extra` slots are left for the caller's own tokens.
     """
     shape = ops.shape
-    size = layout.prefix_len + layout.context_len + extra
-    keys = torch.empty(shape.num_kv_heads, size, shape.head_dim, dtype=ops.dtype, device=ops.device)
-    values = torch.empty_like(keys)
+    P = layout.prefix_len
+    size = P + layout.context_len + extra
+    whole = documents is None
+    new = torch.empty if whole else torch.zeros
+    keys = new(shape.num_kv_heads, size, shape.head_dim, dtype=ops.dtype, device=ops.device)
+    values = new(shape.num_kv_heads, size, shape.head_dim, dtype=ops.dtype, device=ops.device)
     prefix_keys, prefix_values = prefix.layer(layer)
-    keys[:, : layout.prefix_len] = prefix_keys
-    values[:, : layout.prefix_len] = prefix_values
-    start = layout.prefix_len
-    for part in parts:
+    keys[:, :P] = prefix_keys
+    values[:, :P] = prefix_values
+    for doc, part in zip(range(len(parts)) if whole else documents, parts, strict=True):
+        start = P + int(layout.offsets[doc])
         end = start + part.keys.shape[1]
         keys[:, start:end] = part.keys.to(ops.device, ops.dtype)
         values[:, start:end] = part.values.to(ops.device, ops.dtype)
-        start = end
-    context = slice(layout.prefix_len, layout.prefix_len + layout.context_len)
+    context = slice(P, P + layout.context_len)
     keys[:, context] = ops.rope(keys[:, context], layout.positions)
     return keys, values
+
+
+def read_documents(layout: Layout, plan: Plan) -> list[int] | None:
+    """The documents the assembly of `plan` reads: those with a token it keeps or recomputes
+    (None when that is every one). A document with neither is seen by no kept token and
+    copied into no cache."""
+    touched = torch.unique(layout.doc_of[torch.cat([plan.keep, plan.recompute])]).tolist()
+    return None if len(touched) == len(layout.lengths) else touched
 
 
 @torch.inference_mode()
@@ -165,9 +182,11 @@ def assemble(
         rows = rows[~encoded_as_seen(layout)[rows]]
     attention = DocumentAttention(layout, rows, shared, ops.device)
     hidden = ops.embed(token_ids[rows]) if rows.numel() else None  # [R, hidden]
+    documents = read_documents(layout, plan) if plan.reads_stored else None
     for layer in range(shape.num_layers):
         if plan.reads_stored:
-            keys, values = align_layer(ops, prefix, source.read_layer(layer), layout, layer)
+            parts = source.read_layer(layer, documents)
+            keys, values = align_layer(ops, prefix, parts, layout, layer, documents=documents)
         else:
             keys = torch.empty(shape.num_kv_heads, P + N, shape.head_dim, dtype=ops.dtype, device=ops.device)
             values = torch.empty_like(keys)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypeVar, runtime_checkable
 
 import torch
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -93,8 +95,9 @@ class DocumentSource(Protocol):
     @property
     def documents(self) -> Sequence[DocumentMeta]: ...
 
-    def read_layer(self, layer: int) -> list[LayerKV]:
-        """Layer `layer` of every document, in prompt order."""
+    def read_layer(self, layer: int, documents: Sequence[int] | None = None) -> list[LayerKV]:
+        """Layer `layer` of the documents at `documents` (indices in prompt order, ascending;
+        None: every document), in that order. A source backed by a store reads no other."""
         ...
 
 
@@ -108,5 +111,10 @@ class InMemorySource:
     def documents(self) -> list[DocumentMeta]:
         return [doc.meta for doc in self._documents]
 
-    def read_layer(self, layer: int) -> list[LayerKV]:
-        return [doc.layer(layer) for doc in self._documents]
+    def read_layer(self, layer: int, documents: Sequence[int] | None = None) -> list[LayerKV]:
+        return [doc.layer(layer) for doc in select(self._documents, documents)]
+
+
+def select(items: Sequence[T], indices: Sequence[int] | None) -> list[T]:
+    """`items` at `indices` in that order; all of them for None."""
+    return list(items) if indices is None else [items[i] for i in indices]

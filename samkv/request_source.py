@@ -9,7 +9,9 @@ from contextlib import contextmanager
 import torch
 
 from samkv.cache import KVMeter, tensor_bytes
-from samkv.document import DocumentMeta, DocumentSource, LayerKV
+from samkv.document import DocumentMeta, DocumentSource, LayerKV, select
+
+Documents = tuple[int, ...] | None  # indices of documents in prompt order; None: all of them
 
 
 class RequestSource:
@@ -42,8 +44,9 @@ class RequestSource:
         self.meter = meter
         self.hold_bytes = hold_bytes
         self._held_bytes = 0
-        self._held: dict[int, list[LayerKV]] = {}
-        self._pending: dict[int, Future[list[LayerKV]]] = {}
+        self._held: dict[int, list[LayerKV]] = {}  # every document's parts of a layer
+        # layer -> (the documents asked for, None for all; the read in flight)
+        self._pending: dict[int, tuple[Documents, Future[list[LayerKV]]]] = {}
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="samkv-read")
         self._final = False
 
@@ -51,18 +54,25 @@ class RequestSource:
     def documents(self) -> Sequence[DocumentMeta]:
         return self.source.documents
 
-    def read_layer(self, layer: int) -> list[LayerKV]:
-        """Layer `layer` of every document, in prompt order; read from `source` again only if not kept."""
-        parts = self._held.get(layer)
-        if parts is None:
-            pending = self._pending.pop(layer, None) or self._reader.submit(self.source.read_layer, layer)
-            parts = pending.result()
-            self._held[layer] = parts
-            self._held_bytes += tensor_bytes(*_tensors(parts))
-            self.meter.hold(*_tensors(parts))
-        if self._final or (self.hold_bytes is not None and self._held_bytes > self.hold_bytes):
+    def read_layer(self, layer: int, documents: Sequence[int] | None = None) -> list[LayerKV]:
+        """Layer `layer` of the documents at `documents` (every one for None), in that order;
+        read from `source` again only if not kept. Only layers read for every document are
+        kept for a later pass; the next layer is read ahead for the same documents."""
+        wanted: Documents = None if documents is None else tuple(documents)
+        held = self._held.get(layer)
+        if held is None:
+            held = self._take(layer, wanted)
+            self._held[layer] = held
+            self._held_bytes += tensor_bytes(*_tensors(held))
+            self.meter.hold(*_tensors(held))
+            keep = wanted is None or len(held) == len(self.documents)
+        else:
+            keep = True
+        parts = held if wanted is None or len(held) == len(wanted) else select(held, wanted)
+        if (not keep or self._final
+                or (self.hold_bytes is not None and self._held_bytes > self.hold_bytes)):
             self._forget(layer)
-        self._read_ahead(layer + 1)
+        self._read_ahead(layer + 1, wanted)
         return parts
 
     @contextmanager
@@ -86,9 +96,17 @@ class RequestSource:
         self._held_bytes -= tensor_bytes(*_tensors(parts))
         self.meter.release(*_tensors(parts))
 
-    def _read_ahead(self, layer: int) -> None:
+    def _take(self, layer: int, wanted: Documents) -> list[LayerKV]:
+        """The layer for `wanted` from the read in flight when it covers them, else a new read:
+        all documents' parts when the read in flight covered all of them, else `wanted`'s."""
+        pending = self._pending.pop(layer, None)
+        if pending is not None and pending[0] in (None, wanted):
+            return pending[1].result()
+        return self._reader.submit(self.source.read_layer, layer, wanted).result()
+
+    def _read_ahead(self, layer: int, wanted: Documents) -> None:
         if layer < self.num_layers and layer not in self._held and layer not in self._pending:
-            self._pending[layer] = self._reader.submit(self.source.read_layer, layer)
+            self._pending[layer] = (wanted, self._reader.submit(self.source.read_layer, layer, wanted))
 
 
 def _tensors(parts: list[LayerKV]) -> list[torch.Tensor]:

@@ -54,6 +54,6 @@ class TimedSource:
     def documents(self) -> Sequence[DocumentMeta]:
         return self.source.documents
 
-    def read_layer(self, layer: int) -> list[LayerKV]:
+    def read_layer(self, layer: int, documents: Sequence[int] | None = None) -> list[LayerKV]:
         with self.clock.stage("load"):
-            return self.source.read_layer(layer)
+            return self.source.read_layer(layer, documents)

@@ -386,6 +386,24 @@ def test_a_source_over_disk_closes_its_files_after_each_pass(tmp_path, encoder):
     assert len(os.listdir("/proc/self/fd")) == fds
 
 
+def test_a_pass_over_some_documents_reads_only_them_and_closes_every_file(tmp_path, encoder):
+    store = TieredStore(FINGERPRINT, [DiskTier(tmp_path)], encode=encoder)
+    texts = [f"document {i}" for i in range(3)]
+    for text in texts:
+        store.put(text, encoder(text))
+    fds = len(os.listdir("/proc/self/fd"))
+    source = store.source(texts)
+    for layer in range(source.num_layers - 1):  # a probe's pass over every document
+        source.read_layer(layer)
+    loaded = store.stats()["loads"]["disk.layer"]
+    for layer in range(source.num_layers):  # the assembly's pass over documents 0 and 2
+        got = source.read_layer(layer, [0, 2])
+        want = [as_stored(encoder(texts[i])).layer(layer) for i in (0, 2)]
+        assert all(torch.equal(g.keys, w.keys) for g, w in zip(got, want, strict=True))
+    assert store.stats()["loads"]["disk.layer"] == loaded + 2 * source.num_layers
+    assert len(os.listdir("/proc/self/fd")) == fds  # document 1's file, open since the probe, too
+
+
 def test_drop_page_cache_advises_every_disk_file_and_reads_still_work(tmp_path, encoder):
     store = TieredStore(FINGERPRINT, [MemoryTier(64 * 2**20), DiskTier(tmp_path)], encode=encoder)
     texts = [f"document {i}" for i in range(3)]

@@ -112,3 +112,35 @@ def test_a_plan_that_keeps_everything_and_recomputes_some_assembles_the_referenc
     assert float((cache.keys[:, :, :L] - want_keys).abs().max() / want_keys.abs().max()) < 1e-4
     assert float((cache.values[:, :, :L] - want_values).abs().max() / want_values.abs().max()) < 1e-4
     assert torch.equal(recomputed, plan.recompute)
+
+
+class RecordingSource(InMemorySource):
+    """Documents in memory that record which documents each layer read asked for."""
+
+    def __init__(self, documents) -> None:
+        super().__init__(documents)
+        self.asked: list[tuple[int, ...] | None] = []
+
+    def read_layer(self, layer, documents=None):
+        self.asked.append(None if documents is None else tuple(documents))
+        return super().read_layer(layer, documents)
+
+
+def test_a_document_with_nothing_kept_or_recomputed_is_not_read(embedded_engine):
+    engine = embedded_engine
+    docs = engine.encode_documents(TEXTS)
+    layout = Layout.of(engine.prefix_len, [d.length for d in docs])
+    keep = _blocks(layout, {0: [(2, 9)], 2: [(0, 4)], 3: [(5, 12)]})
+    plan = Plan(keep=keep, recompute=keep)
+    source = RecordingSource(docs)
+    meter = KVMeter()
+    cache = engine.new_cache(engine.prefix_len + plan.cached_tokens, meter)
+    ids = torch.cat([d.token_ids for d in docs])
+    assemble(engine.ops, engine.prefix, source, layout, ids, plan, cache, meter)
+    assert source.asked == [(0, 2, 3)] * engine.ops.shape.num_layers
+    # Every document keeping something: all are read, as one request.
+    every = Plan(keep=_blocks(layout, {d: [(0, 2)] for d in range(4)}), recompute=keep[:0])
+    source.asked.clear()
+    assemble(engine.ops, engine.prefix, source, layout, ids, every,
+             engine.new_cache(engine.prefix_len + every.cached_tokens, meter), meter)
+    assert source.asked == [None] * engine.ops.shape.num_layers

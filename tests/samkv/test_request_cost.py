@@ -57,6 +57,7 @@ class CountingSource:
     def __init__(self, documents) -> None:
         self.inner = InMemorySource(documents)
         self.reads: list[int] = []
+        self.documents_read: list[tuple[int, tuple[int, ...] | None]] = []  # (layer, documents)
         self.gates: dict[int, threading.Event] = {}
         self.waiting = threading.Event()  # set once a gated read has begun
 
@@ -64,12 +65,13 @@ class CountingSource:
     def documents(self):
         return self.inner.documents
 
-    def read_layer(self, layer):
+    def read_layer(self, layer, documents=None):
         if layer in self.gates:
             self.waiting.set()
             assert self.gates[layer].wait(10), "the test never let this read go"
         self.reads.append(layer)
-        return self.inner.read_layer(layer)
+        self.documents_read.append((layer, None if documents is None else tuple(documents)))
+        return self.inner.read_layer(layer, documents)
 
 
 @pytest.mark.parametrize("method, params", METHODS + [
@@ -104,6 +106,24 @@ def test_the_next_layer_is_read_while_the_caller_works_on_this_one(tiny_engine):
     finally:
         counting.gates[2].set()
         reads.close()
+
+
+def test_a_pass_over_some_documents_reads_only_them(tiny_engine):
+    engine = tiny_engine("llama", layers=4)
+    counting = CountingSource(engine.encode_documents(DOCUMENTS))
+    reads = RequestSource(counting, num_layers=4, meter=KVMeter(), hold_bytes=0)
+    try:
+        reads.read_layer(0)
+        reads.read_layer(1)  # a probe over every document, which reads layer 2 ahead
+        with reads.final_pass():
+            for layer in range(4):
+                got = reads.read_layer(layer, [0, 2])
+                want = counting.inner.read_layer(layer, [0, 2])
+                assert all(torch.equal(g.keys, w.keys) for g, w in zip(got, want, strict=True))
+    finally:
+        reads.close()
+    # One worker reads in order; layer 2, read ahead for every document, serves the pair.
+    assert counting.documents_read == [(0, None), (1, None), (2, None), (0, (0, 2)), (1, (0, 2)), (3, (0, 2))]
 
 
 def _layer_bytes(parts) -> int:
