@@ -61,12 +61,26 @@ def _top_blocks(
     return kept
 
 
-def block_index(layout: Layout, block_size: int) -> torch.Tensor:
-    """[N]: the block of each context token; blocks of `block_size` tokens never cross documents."""
+def block_index(layout: Layout, block_size: int, starts: torch.Tensor | None = None) -> torch.Tensor:
+    """[N]: the block of each context token, numbered in order; blocks never cross documents.
+
+    Blocks are `block_size` tokens from each document's start or, with `starts` (bool [N], the
+    tokens that open a sentence), from each sentence's start: a sentence longer than
+    `block_size` is cut into blocks of `block_size` and a shorter last piece.
+    """
     within = torch.arange(layout.context_len) - layout.offsets[layout.doc_of]
-    blocks_per_doc = torch.tensor([math.ceil(length / block_size) for length in layout.lengths])
-    first_block = torch.cumsum(blocks_per_doc, 0) - blocks_per_doc
-    return first_block[layout.doc_of] + within // block_size
+    if starts is None:
+        blocks_per_doc = torch.tensor([math.ceil(length / block_size) for length in layout.lengths])
+        first_block = torch.cumsum(blocks_per_doc, 0) - blocks_per_doc
+        return first_block[layout.doc_of] + within // block_size
+    opens = (starts | (within == 0)).tolist()
+    block_of, block, since = [], -1, 0
+    for opening in opens:
+        if opening or since == block_size:
+            block, since = block + 1, 0
+        block_of.append(block)
+        since += 1
+    return torch.tensor(block_of, dtype=torch.long)
 
 
 def block_max(scores: torch.Tensor, block_of: torch.Tensor) -> torch.Tensor:
@@ -82,8 +96,9 @@ def select_blocks(
     block_size: int,
     min_blocks_per_context: int,
     global_budget: bool,
+    starts: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Sorted context indices kept: whole blocks of `block_size` tokens chosen by their max score.
+    """Sorted context indices kept: whole blocks (`block_index`) chosen by their max score.
 
     With `global_budget` the top blocks are chosen over all contexts jointly until
     B = ceil(ρ N) tokens; otherwise each context keeps ceil(ρ L_i) of its own tokens. Each
@@ -92,9 +107,11 @@ def select_blocks(
     N = layout.context_len
     if N == 0:
         return torch.empty(0, dtype=torch.long)
-    blocks_per_doc = torch.tensor([math.ceil(length / block_size) for length in layout.lengths])
-    first_block = torch.cumsum(blocks_per_doc, 0) - blocks_per_doc
-    block_of = block_index(layout, block_size)
+    block_of = block_index(layout, block_size, starts)
+    lengths = torch.tensor(layout.lengths)
+    first_block = block_of[layout.offsets.clamp_max(N - 1)]
+    last_block = block_of[(layout.offsets + lengths - 1).clamp_min(0)]
+    blocks_per_doc = torch.where(lengths > 0, last_block - first_block + 1, 0)
     block_score = torch.full((int(blocks_per_doc.sum()),), float("-inf"))
     block_score = block_score.scatter_reduce(0, block_of, scores, "amax")
     forced = [

@@ -13,9 +13,9 @@ from samkv.assembly import align_layer
 from samkv.errors import InvalidRequest
 from samkv.layout import Layout
 from samkv.methods import make_method
-from samkv.methods.samkv.entity import entity_match_scores, entity_tokens
+from samkv.methods.samkv.entity import entity_match_scores, entity_tokens, sentence_starts
 from samkv.methods.samkv.probe import ProbeScores
-from samkv.selection import select_blocks
+from samkv.selection import block_index, select_blocks
 from tests.conftest import DOCUMENTS
 
 QUESTION = "What is the vault code at the Oriel bank?"
@@ -72,6 +72,39 @@ def test_selection_respects_budget_and_floor(lengths, ratio, block, global_budge
         assert kept.numel() == layout.context_len
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    lengths=st.lists(st.integers(1, 60), min_size=1, max_size=6),
+    block=st.integers(1, 20),
+    seed=st.integers(0, 2**16),
+)
+def test_sentence_blocks_start_at_sentences_and_keep_the_budget(lengths, block, seed):
+    layout = Layout.of(7, lengths)
+    generator = torch.Generator().manual_seed(seed)
+    starts = torch.rand(layout.context_len, generator=generator) < 0.1
+    block_of = block_index(layout, block, starts)
+    within = torch.arange(layout.context_len) - layout.offsets[layout.doc_of]
+    new_block = torch.cat([torch.tensor([True]), block_of[1:] != block_of[:-1]])
+    assert torch.equal(block_of, torch.cumsum(new_block.long(), 0) - 1), "numbered in order"
+    assert bool(new_block[starts | (within == 0)].all()), "a sentence or document opens a block"
+    assert int(torch.bincount(block_of).max()) <= block
+    assert bool((layout.doc_of[new_block].bincount(minlength=len(lengths)) > 0).all())
+    scores = torch.randn(layout.context_len, generator=generator)
+    ratio = float(torch.rand(1, generator=generator))
+    kept = select_blocks(scores, layout, ratio, block, 0, True, starts)
+    assert kept.numel() == math.ceil(ratio * layout.context_len - 1e-9)
+    # Whole blocks, but for the one that overflows the budget.
+    partial = [b for b in torch.unique(block_of[kept]).tolist()
+               if (block_of[kept] == b).sum() != (block_of == b).sum()]
+    assert len(partial) <= 1
+
+
+def test_sentence_starts_are_words_after_a_sentence_end():
+    tokens = ["The", "Ġcat", "Ġsat", ".", "ĠAnna", "ĠBerg", "Ġlives", "Ġin", "ĠRav", "dale", ".", "ĊĊ", "In",
+              "Ġ", "2016", ",", "Ġshe", "Ġmoved", "."]
+    assert [t for t, s in zip(tokens, sentence_starts(tokens).tolist()) if s] == ["The", "ĠAnna", "In"]
+
+
 def test_engine_keeps_budget_floor_and_whole_prefix(tiny_engine):
     engine = tiny_engine("llama")
     docs = engine.encode_documents(DOCUMENTS)
@@ -91,6 +124,24 @@ def test_engine_keeps_budget_floor_and_whole_prefix(tiny_engine):
                 keys, values = built.cache.layer(layer)
                 assert torch.equal(keys[:, : engine.prefix_len], prefix_keys)
                 assert torch.equal(values[:, : engine.prefix_len], prefix_values)
+
+
+def test_sentence_blocks_keep_whole_sentences_from_their_start(tiny_engine):
+    engine = tiny_engine("llama")
+    docs = engine.encode_documents(DOCUMENTS)
+    request, built = _prepare(engine, docs, keep_ratio=0.3, sentence_blocks=True, block_size=8,
+                              complement=False, min_budget_blocks_per_context=0)
+    ids = torch.cat([d.token_ids for d in docs])
+    starts = sentence_starts(engine.tokenizer.convert_ids_to_tokens(ids.tolist()))
+    block_of = block_index(request.layout, 8, starts)
+    kept = built.keep
+    assert kept.numel() == math.ceil(0.3 * request.layout.context_len - 1e-9)
+    # Every kept block but the one that overflows the budget is kept whole, from its start.
+    partial = [b for b in torch.unique(block_of[kept]).tolist()
+               if (block_of[kept] == b).sum() != (block_of == b).sum()]
+    assert len(partial) <= 1
+    with pytest.raises(InvalidRequest, match="sentence_blocks"):
+        make_method("samkv", sentence_blocks=True, adaptive_share=True)
 
 
 def test_without_recompute_the_cache_holds_exactly_the_stored_kv(tiny_engine):

@@ -40,6 +40,20 @@ def entity_tokens(tokens: list[str]) -> torch.Tensor:
     return torch.tensor(marks, dtype=torch.bool)
 
 
+def sentence_starts(tokens: list[str]) -> torch.Tensor:
+    """Bool [N]: the tokens that open a sentence: the first word after a sentence's end (or a
+    line break); the first token of `tokens` too when it is a word."""
+    marks = []
+    after_end = True
+    for token in tokens:
+        text = token.lstrip(WORD_MARKERS)
+        word = text[:1].isalnum() and text[0] not in SENTENCE_ENDS
+        marks.append(after_end and word)
+        if text:
+            after_end = text[-1] in SENTENCE_ENDS or (after_end and not word)
+    return torch.tensor(marks, dtype=torch.bool)
+
+
 def bridge_entities(
     tokenizer: PreTrainedTokenizerBase, context_ids: torch.Tensor, question_ids: torch.Tensor
 ) -> torch.Tensor:

@@ -11,14 +11,14 @@ from typing import Protocol
 import torch
 
 from samkv.methods.base import PlanContext
-from samkv.methods.samkv.entity import bridge_entities, entity_match_scores
+from samkv.methods.samkv.entity import bridge_entities, entity_match_scores, sentence_starts
 from samkv.methods.samkv.packet import packet_scores
 from samkv.methods.samkv.probe import ProbeScores, run_probe
 from samkv.methods.samkv.reprobe import reprobe_scores
 
 
 class Evidence(Protocol):
-    """The four looks SamKV may take at the contexts."""
+    """The looks SamKV may take at the contexts."""
 
     def probe(self, layers: range, with_complement: bool, summary_window: int) -> ProbeScores:
         """The question and neutral probes (and the summary term) averaged over `layers`."""
@@ -34,6 +34,10 @@ class Evidence(Protocol):
 
     def packet(self, sink: int, local: int, layers: range, window: int) -> torch.Tensor:
         """[N] "packet" scores: each token's key against its document's complementary query."""
+        ...
+
+    def sentence_starts(self) -> torch.Tensor:
+        """Bool [N]: the context tokens that open a sentence."""
         ...
 
 
@@ -62,3 +66,8 @@ class StoredEvidence:
     def packet(self, sink: int, local: int, layers: range, window: int) -> torch.Tensor:
         with self.context.clock.stage("probe"):
             return packet_scores(self.context, sink, local, layers, window)
+
+    def sentence_starts(self) -> torch.Tensor:
+        context = self.context
+        with context.clock.stage("select"):
+            return sentence_starts(context.prompt.tokenizer.convert_ids_to_tokens(context.context_ids.tolist()))

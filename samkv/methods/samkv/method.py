@@ -69,6 +69,7 @@ class SamKV(Method):
     debias: str = "ratio"
     debias_smoothing: float = 0.1
     block_size: int = 16
+    sentence_blocks: bool = False  # blocks start at sentence starts (at most block_size tokens)
     pool_width: int = 1
     min_blocks_per_context: int = 0
     min_budget_blocks_per_context: int = 1
@@ -118,6 +119,9 @@ class SamKV(Method):
         require(isinstance(self.sink_tokens, int) and isinstance(self.local_tokens, int)
                 and min(self.sink_tokens, self.local_tokens) >= 0 and self.sink_tokens + self.local_tokens >= 1,
                 "sink_tokens and local_tokens must be non-negative integers, at least one of them positive")
+        require(not (self.sentence_blocks and (self.uses_packet or self.shares_adaptively)),
+                "sentence_blocks applies to the probe modes' block selection; adaptive_share and the "
+                "packet mode cut their own blocks")
         require(self.global_budget or not (self.uses_packet or self.shares_adaptively),
                 "global_budget=False gives each context its own ⌈ρL_i⌉, while adaptive_share and the packet "
                 "mode split B across contexts themselves; choose one")
@@ -177,13 +181,14 @@ class SamKV(Method):
         two_stage = self.uses_complement and not summary and layout.context_len > 0
         ratio = self._ratio(layout)
         first_ratio = ratio * (1 - self.complement_weight) if two_stage else ratio
-        keep = self._select(scores, layout, first_ratio)
+        starts = evidence.sentence_starts() if self.sentence_blocks and layout.context_len else None
+        keep = self._select(scores, layout, first_ratio, starts=starts)
         if two_stage:
             if self.complement_mode == "reprobe":
                 second = zscore(evidence.reprobe(keep, band))
             else:
-                second = self._bridge_scores(scores, keep, evidence, layout, num_layers)
-            keep = self._select(second, layout, ratio, around=keep)
+                second = self._bridge_scores(scores, keep, evidence, layout, num_layers, starts)
+            keep = self._select(second, layout, ratio, around=keep, starts=starts)
         return keep
 
     def _ratio(self, layout: Layout) -> float:
@@ -196,10 +201,11 @@ class SamKV(Method):
         return max(self.keep_ratio, min(1.0, floor))
 
     def _bridge_scores(
-        self, scores: torch.Tensor, first: torch.Tensor, evidence: Evidence, layout: Layout, num_layers: int
+        self, scores: torch.Tensor, first: torch.Tensor, evidence: Evidence, layout: Layout, num_layers: int,
+        starts: torch.Tensor | None,
     ) -> torch.Tensor:
         """Second-stage scores of "entity" mode, given the first stage's kept tokens."""
-        block_of = block_index(layout, self.block_size)
+        block_of = block_index(layout, self.block_size, starts)
         strength = block_max(scores, block_of)
         # Bridges come from where the question looks hardest: the names in the weaker kept blocks
         # are mostly other people's, and following them spends the budget on distractors.
@@ -226,16 +232,18 @@ class SamKV(Method):
         return torch.log(question + floor) - torch.log(neutral + floor)
 
     def _select(
-        self, scores: torch.Tensor, layout: Layout, ratio: float, around: torch.Tensor | None = None
+        self, scores: torch.Tensor, layout: Layout, ratio: float, around: torch.Tensor | None = None,
+        starts: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """ρN tokens by `scores`, `around`'s tokens (an earlier stage's) kept first."""
+        """ρN tokens by `scores`, `around`'s tokens (an earlier stage's) kept first; blocks start
+        at `starts` (sentence starts) where given."""
         ranked = scores.clone()
         if around is not None:
             ranked[around] = float("inf")  # the earlier stage's tokens stay; B is filled around them
         ranked = max_pool_within_documents(ranked, layout, self.pool_width)
         if not self.shares_adaptively:
             return select_blocks(
-                ranked, layout, ratio, self.block_size, self.min_blocks_per_context, self.global_budget,
+                ranked, layout, ratio, self.block_size, self.min_blocks_per_context, self.global_budget, starts,
             )
         # Each context gets what it already holds plus its share of the rest of B, by the anchor
         # rule on this stage's own scores (an earlier stage's +inf would say nothing).
