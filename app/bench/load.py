@@ -231,6 +231,8 @@ def _seconds(value: float | None) -> str:
 def report(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     """results.md of a load run."""
     lines = ["# Service throughput", "", f"`{meta['command']}`", "",
+             (f"Model {meta.get('model')}, {meta.get('documents')} documents, generation slots: "
+              f"{meta.get('max_concurrent_generations', 'not recorded')}, {meta.get('cpu_count')} CPUs."), "",
              "| method | clients | questions/min | TTFT p50 | TTFT p90 | TTFT p99 | failed | 503s |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -245,7 +247,10 @@ def run(args: argparse.Namespace) -> int:
     """Runs `samkv-rag bench-load`."""
     questions, documents = _collection(args)
     meta = {"command": "samkv-rag bench-load " + " ".join(sys.argv[2:]), "model": args.model,
-            "questions": len(questions), "documents": len(documents)}
+            "questions": len(questions), "documents": len(documents), "cpu_count": os.cpu_count(),
+            # The started server's generation slots; unset, the server's default for its device.
+            "max_concurrent_generations": os.environ.get("SAMKV_MAX_CONCURRENT_GENERATIONS", "default")
+            if not args.url else "server's own"}
     if args.url:
         rows = _measure(args.url, args, questions, documents)
     else:

@@ -40,8 +40,10 @@ def test_concurrent_clients_are_all_answered_with_a_time_to_first_token(live_ser
     finally:
         for document in documents:
             client.delete(f"/v1/documents/{document['id']}").raise_for_status()
-    table = report(rows, {"command": "samkv-rag bench-load"})
+    table = report(rows, {"command": "samkv-rag bench-load", "model": "m", "documents": 2,
+                          "max_concurrent_generations": "default", "cpu_count": 2})
     assert "| samkv | 3 |" in table and "questions/min ÷ full" in table
+    assert "generation slots: default, 2 CPUs" in table
 
 
 def _sse(*events: tuple[str, str]) -> bytes:
