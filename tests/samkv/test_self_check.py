@@ -17,8 +17,8 @@ def test_a_misaligned_position_makes_the_engine_refuse_reuse(tiny_engine, monkey
     engine = tiny_engine("llama")
     original = assembly.align_layer
 
-    def off_by_one(ops, prefix, parts, layout, layer, extra=0):
-        keys, values = original(ops, prefix, parts, layout, layer, extra)
+    def off_by_one(ops, prefix, parts, layout, layer, extra=0, documents=None):
+        keys, values = original(ops, prefix, parts, layout, layer, extra, documents)
         context = slice(layout.prefix_len, layout.prefix_len + layout.context_len)
         keys[:, context] = ops.rope(keys[:, context], 1 + 0 * layout.positions)
         return keys, values
