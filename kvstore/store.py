@@ -206,21 +206,10 @@ class TieredStore:
         """
         key, _ = self._resolve(item)
         deletes = self._deletes
-        durable = self.durable_tier
         for tier in self.tiers[:-1]:
             stored = self.read_tier(tier, key, lambda t=tier: t.get(key), count=False)
-            if stored is None:
-                continue
-            with self._lock(key):
-                if self._deletes != deletes:
-                    return False
-                try:
-                    durable.put(key, stored)
-                except (TierFull, TierUnavailable) as exc:
-                    self.metrics.write_rejected(durable.name, "full" if isinstance(exc, TierFull) else "unavailable")
-                    return False
-                self.metrics.written(durable.name)
-            return True
+            if stored is not None:
+                return self.backfill(key, stored, [self.durable_tier], deletes)
         return False
 
     def delete(self, item: Item) -> None:
@@ -278,16 +267,18 @@ class TieredStore:
 
     def backfill(
         self, key: StoreKey, stored: StoredDocument, tiers: Sequence[Tier], deletes: int
-    ) -> None:
-        """Copy `stored`, read from a slower tier, to the faster `tiers` (best effort), unless
-        the key was deleted since `deletes` (`TieredStore.deletes` before the read)."""
+    ) -> bool:
+        """Copy `stored`, read from another tier, to `tiers` (best effort), unless the key was
+        deleted since `deletes` (`TieredStore.deletes` before the read); whether every one of
+        `tiers` took it."""
         if not tiers:
-            return
+            return True
         with self._lock(key):
             if self._deletes != deletes:
-                return
-            for tier in reversed(tiers):
-                self._put_best_effort(tier, key, stored)
+                return False
+            # Every tier is written, even after one refused the copy.
+            written = [self._put_best_effort(tier, key, stored) for tier in reversed(tiers)]
+            return all(written)
 
     def repair(self, key: StoreKey, text: str | None) -> StoredDocument:
         """Encode a document no tier could serve, and write it everywhere; `DocumentNotFound`
@@ -336,7 +327,9 @@ class TieredStore:
             f"unavailable:{tier.name}", f"KV tier {tier.name} unavailable, skipping it: {exc}"
         )
 
-    def _put_best_effort(self, tier: Tier, key: StoreKey, stored: StoredDocument) -> None:
+    def _put_best_effort(self, tier: Tier, key: StoreKey, stored: StoredDocument) -> bool:
+        """Write `stored` to `tier`; a full or unreachable tier is counted and warned of, and
+        the result is False."""
         try:
             tier.put(key, stored)
         except TierFull as exc:
@@ -349,6 +342,8 @@ class TieredStore:
             self._unavailable(tier, exc)
         else:
             self.metrics.written(tier.name)
+            return True
+        return False
 
     def _write(self, key: StoreKey, stored: StoredDocument) -> None:
         durable, faster = self.durable_tier, self.tiers[:-1]

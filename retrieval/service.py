@@ -264,7 +264,7 @@ class RetrievalService:
                     self._index.sync()
                     if time.monotonic() - pruned_at >= PRUNE_CHECK_INTERVAL_S:
                         pruned_at = time.monotonic()
-                        self._store.prune_changes(self._change_log_keep)
+                        self.prune_change_log()
                 else:
                     self._open_or_defer()
             except StoreUnavailable as error:

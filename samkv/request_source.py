@@ -65,11 +65,9 @@ class RequestSource:
             self._held[layer] = held
             self._held_bytes += tensor_bytes(*_tensors(held))
             self.meter.hold(*_tensors(held))
-            keep = wanted is None or len(held) == len(self.documents)
-        else:
-            keep = True
-        parts = held if wanted is None or len(held) == len(wanted) else select(held, wanted)
-        if (not keep or self._final
+        every = len(held) == len(self.documents)  # a read of some documents only is not kept
+        parts = select(held, wanted) if every and wanted is not None else held
+        if (not every or self._final
                 or (self.hold_bytes is not None and self._held_bytes > self.hold_bytes)):
             self._forget(layer)
         self._read_ahead(layer + 1, wanted)

@@ -63,13 +63,16 @@ def _paired(records: list[dict[str, Any]], reference: list[dict[str, Any]]) -> t
     return shared, [by_question[r["question_index"]] for r in shared]
 
 
-def _em_difference(compared: dict[str, Any]) -> str:
+def _em_difference(compared: dict[str, Any], questions: int) -> str:
+    """ΔEM [95% CI] of a paired comparison; "–" for fewer than two questions."""
+    if questions < 2:
+        return "–"
     low, high = compared["exact_match_diff_ci"]
     return f"{compared['exact_match_diff']:+.1f} [{low:+.1f}, {high:+.1f}]"
 
 
 def _kind_difference(records: list[dict[str, Any]], reference: list[dict[str, Any]]) -> str:
-    return _em_difference(paired_comparison(records, reference)) if len(records) >= 2 else "–"
+    return _em_difference(paired_comparison(records, reference), len(records)) if records else "–"
 
 
 def comparison_rows(reference: RunConfig, others: list[RunConfig]) -> list[str]:
@@ -89,7 +92,7 @@ def comparison_rows(reference: RunConfig, others: list[RunConfig]) -> list[str]:
         by_kind = [_kind_difference([r for r in records if r["kind"] == kind], paired) for kind in KINDS]
         lines.append(
             f"| {other.name} | {len(records)} | {100 * statistics.fmean(r['exact_match'] for r in records):.1f} | "
-            f"{100 * statistics.fmean(p['exact_match'] for p in paired):.1f} | {_em_difference(compared) if len(records) >= 2 else '–'} | "
+            f"{100 * statistics.fmean(p['exact_match'] for p in paired):.1f} | {_em_difference(compared, len(records))} | "
             f"{compared['f1_diff']:+.1f} [{f1_low:+.1f}, {f1_high:+.1f}] | {test['better']} / {test['worse']} | "
             f"{test['p_value']:.3f} | {identical:.1f} | " + " | ".join(by_kind)
             + f" | {statistics.median(r['ttft_ms'] for r in records):.0f} |"

@@ -373,11 +373,17 @@ def test_redis_layers_of_all_documents_come_in_one_round_trip(store, encoder, mo
     assert store.stats()["loads"]["redis.prefetch"] == 2 * source.num_layers
 
 
-def test_a_source_over_disk_closes_its_files_after_each_pass(tmp_path, encoder):
+def _disk_store_of_three(tmp_path, encoder) -> tuple[TieredStore, list[str]]:
+    """A disk-only store holding three documents, and their texts."""
     store = TieredStore(FINGERPRINT, [DiskTier(tmp_path)], encode=encoder)
     texts = [f"document {i}" for i in range(3)]
     for text in texts:
         store.put(text, encoder(text))
+    return store, texts
+
+
+def test_a_source_over_disk_closes_its_files_after_each_pass(tmp_path, encoder):
+    store, texts = _disk_store_of_three(tmp_path, encoder)
     fds = len(os.listdir("/proc/self/fd"))
     source = store.source(texts)
     assert len(os.listdir("/proc/self/fd")) == fds + 3  # opened once, for the first pass
@@ -387,10 +393,7 @@ def test_a_source_over_disk_closes_its_files_after_each_pass(tmp_path, encoder):
 
 
 def test_a_pass_over_some_documents_reads_only_them_and_closes_every_file(tmp_path, encoder):
-    store = TieredStore(FINGERPRINT, [DiskTier(tmp_path)], encode=encoder)
-    texts = [f"document {i}" for i in range(3)]
-    for text in texts:
-        store.put(text, encoder(text))
+    store, texts = _disk_store_of_three(tmp_path, encoder)
     fds = len(os.listdir("/proc/self/fd"))
     source = store.source(texts)
     for layer in range(source.num_layers - 1):  # a probe's pass over every document
