@@ -2,7 +2,9 @@
 
 One loop over layers serves every method: at each layer the stored KV of every document is read
 (one layer at a time), rotated to its positions in the prompt, the tokens the plan recomputes get
-fresh KV from their hidden states, and the tokens the plan keeps are copied into the cache.
+fresh KV from their hidden states, and the tokens the plan keeps are copied into the cache. The
+question, when given, runs in the same loop over the layer's cache as soon as it is written: one
+pass through the weights for the recomputed tokens and the question together, not two.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import torch
 
 from samkv.cache import KVCache, KVMeter
 from samkv.document import DocumentSource, LayerKV
+from samkv.forward import causal_mask
 from samkv.layers import ModelOps
 from samkv.layout import Layout
 
@@ -47,6 +50,23 @@ class Plan:
     def cached_tokens(self) -> int:
         """Context entries per layer and KV head in the decoding cache."""
         return int(self.keep.numel() if self.head_keep is None else self.head_keep.shape[-1])
+
+
+@dataclass(frozen=True)
+class Tail:
+    """Tokens that follow the context in the prompt (the question), assembled with it: they attend
+    over [P ; kept context] and themselves, causally, and their KV goes into the cache after it."""
+
+    token_ids: torch.Tensor  # [T]
+    positions: torch.Tensor  # [T]
+
+
+@dataclass(frozen=True)
+class Assembled:
+    """What `assemble` did besides filling the cache."""
+
+    recomputed: torch.Tensor  # [R] sorted context indices recomputed through the last layer
+    logits: torch.Tensor | None  # [1, vocab] float32 of the tail's last token; None without a tail
 
 
 class DocumentAttention:
@@ -157,13 +177,15 @@ def assemble(
     plan: Plan,
     cache: KVCache,
     meter: KVMeter,
-) -> torch.Tensor:
-    """Fills `cache` with [P ; kept context tokens] for every layer.
+    tail: Tail | None = None,
+) -> Assembled:
+    """Fills `cache` with [P ; kept context tokens] for every layer, then `tail`'s tokens.
 
     token_ids [N] are the context's ids (needed for the recomputed tokens' embeddings). Tokens
     the plan recomputes that see what they saw at encoding (`encoded_as_seen`) keep their stored
-    KV instead. Returns the sorted context indices recomputed through the last layer (after any
-    narrowing).
+    KV instead. The recomputed tokens and the tail share each layer's projections and MLP (one
+    matrix product for both); the tail reads the layer's cache once the kept tokens are in it,
+    which is what a separate prefill of the tail over the finished cache computes.
     """
     shape = ops.shape
     P, N = layout.prefix_len, layout.context_len
@@ -181,7 +203,11 @@ def assemble(
     if plan.reads_stored:
         rows = rows[~encoded_as_seen(layout)[rows]]
     attention = DocumentAttention(layout, rows, shared, ops.device)
-    hidden = ops.embed(token_ids[rows]) if rows.numel() else None  # [R, hidden]
+    tail_len = 0 if tail is None else int(tail.token_ids.numel())
+    # Rows of `hidden`: the recomputed tokens, then the tail's.
+    hidden = ops.embed(token_ids[rows] if tail is None else torch.cat([token_ids[rows], tail.token_ids]))
+    tail_start = P + plan.cached_tokens
+    tail_mask = causal_mask(tail_start, tail_len, ops.device) if tail_len > 1 else None
     documents = read_documents(layout, plan) if plan.reads_stored else None
     for layer in range(shape.num_layers):
         if plan.reads_stored:
@@ -192,30 +218,43 @@ def assemble(
             values = torch.empty_like(keys)
             keys[:, :P], values[:, :P] = prefix.layer(layer)
         meter.hold(keys, values)
-        if rows.numel():
+        recomputing = int(rows.numel())
+        outputs = []
+        chosen = None
+        if hidden.shape[0]:
+            q_all, k_all, v_all = ops.qkv(layer, hidden)
+        if recomputing:
             slots = (P + rows).to(ops.device)
-            q, k, v = ops.qkv(layer, hidden)
+            q, k, v = q_all[:, :recomputing], k_all[:, :recomputing], v_all[:, :recomputing]
             positions = layout.positions[rows].to(ops.device)
             q, k = ops.rope(q, positions), ops.rope(k, positions)
-            chosen = None
             if layer in narrowing_at:
                 chosen = narrowing_at[layer].choose(k, v, keys[:, slots], values[:, slots])
             if plan.fuse < 1.0:
                 k = plan.fuse * k + (1.0 - plan.fuse) * keys[:, slots]
                 v = plan.fuse * v + (1.0 - plan.fuse) * values[:, slots]
             keys[:, slots], values[:, slots] = k, v
-            hidden = ops.finish(layer, hidden, attention(ops, q, keys, values, meter))
-            if chosen is not None:
-                chosen = chosen.sort().values
-                hidden, rows = hidden[chosen.to(ops.device)], rows[chosen.cpu()]
-                attention = DocumentAttention(layout, rows, shared, ops.device)
+            outputs.append(attention(ops, q, keys, values, meter))
         if plan.head_keep is None:
             cache.write_layer(layer, 0, keys[:, keep_slots], values[:, keep_slots])
         else:
             cache.write_layer(layer, 0, *_per_head(keys, values, plan.head_keep[layer], P))
         meter.release(keys, values)
-    cache.length = P + plan.cached_tokens
-    return rows
+        if tail is not None:
+            positions = tail.positions.to(ops.device)
+            q, k = ops.rope(q_all[:, recomputing:], positions), ops.rope(k_all[:, recomputing:], positions)
+            cache.write_layer(layer, tail_start, k, v_all[:, recomputing:])
+            outputs.append(ops.attend(q, *cache.layer(layer, tail_start + tail_len), tail_mask))
+        if outputs:
+            hidden = ops.finish(layer, hidden, torch.cat(outputs) if len(outputs) > 1 else outputs[0])
+        if chosen is not None:
+            chosen = chosen.sort().values
+            keeps = chosen if tail is None else torch.cat([chosen, recomputing + torch.arange(tail_len, device=chosen.device)])
+            hidden, rows = hidden[keeps.to(ops.device)], rows[chosen.cpu()]
+            attention = DocumentAttention(layout, rows, shared, ops.device)
+    cache.length = tail_start + tail_len
+    logits = None if tail is None else ops.logits(hidden[-1:])
+    return Assembled(rows, logits)
 
 
 def _per_head(

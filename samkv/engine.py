@@ -10,13 +10,13 @@ from typing import Any
 
 import torch
 
-from samkv.assembly import DocumentAttention, Plan, assemble
+from samkv.assembly import DocumentAttention, Plan, Tail, assemble
 from samkv.cache import KVCache, KVMeter
 from samkv.decoding import Sampler, stop_token_ids
 from samkv.document import DocumentKV, DocumentSource, InMemorySource
 from samkv.errors import ContextTooLong, FingerprintMismatch, InvalidRequest, ReuseRefused
 from samkv.forward import Recording, forward_tokens
-from samkv.generation import Answering, Generation, GenerationStream, prefill, score
+from samkv.generation import Answering, Generation, GenerationStream, score
 from samkv.layers import ModelOps
 from samkv.layout import Layout
 from samkv.methods import PlanContext, make_method
@@ -229,28 +229,37 @@ class Engine:
         with clock.stage("select"):
             return request.method.plan(context)
 
-    def prepare(self, request: Request, extra: int) -> Prepared:
+    def prepare(self, request: Request, extra: int, question: bool = False) -> Prepared:
         """Runs the method: the decoding cache [P ; kept context] with room for `extra` tokens.
 
+        With `question`, the question is assembled too, in the same pass (the cache then also
+        holds it, and `Prepared.logits` are its last token's: the first answer token's), and the
+        room is for `extra` tokens after it.
         Stored layers are read through a `RequestSource`, the next one while the current one is
         used; the probe's layers are kept for the assembly up to `probe_hold_bytes`. The waits
         for stored KV are timed as "load", the method's looking as
-        "probe", the rest of its decision as "select", and the assembly with its recomputation as
-        "assemble".
+        "probe", the rest of its decision as "select", and the assembly with its recomputation
+        (and the question) as "assemble".
         """
         meter, clock = KVMeter(), StageClock()
         reads = RequestSource(request.source, self.ops.shape.num_layers, meter, self.probe_hold_bytes)
+        tail = None
+        if question:
+            q_len = int(request.question_ids.numel())
+            tail = Tail(request.question_ids, request.layout.question_start + torch.arange(q_len))
         try:
             source = TimedSource(reads, clock)
             plan = self._plan(request, source, meter, clock)
             with clock.stage("assemble"), reads.final_pass():
-                cache = self.new_cache(self.prefix_len + plan.cached_tokens + extra, meter)
-                recomputed = assemble(
-                    self.ops, self.prefix, source, request.layout, request.context_ids, plan, cache, meter
+                room = extra + (0 if tail is None else int(tail.token_ids.numel()))
+                cache = self.new_cache(self.prefix_len + plan.cached_tokens + room, meter)
+                assembled = assemble(
+                    self.ops, self.prefix, source, request.layout, request.context_ids, plan, cache, meter, tail
                 )
         finally:
             reads.close()
-        return Prepared(request, cache, meter, clock, plan.keep, recomputed, plan.cached_tokens)
+        return Prepared(request, cache, meter, clock, plan.keep, assembled.recomputed, plan.cached_tokens,
+                        assembled.logits)
 
     def stream(
         self,
@@ -306,8 +315,9 @@ class Engine:
 
     def question_logits(self, question: str, documents: Documents = (), method: str = "samkv", **params: Any) -> torch.Tensor:
         """Logits [vocab] of the first answer token: what the identity checks compare."""
-        request = self.request(question, documents, method, params)
-        return prefill(self.ops, self.prepare(request, extra=request.question_ids.numel()))[0]
+        logits = self.prepare(self.request(question, documents, method, params), extra=0, question=True).logits
+        assert logits is not None  # set whenever the question is assembled
+        return logits[0]
 
     def answer_logprob(
         self, question: str, documents: Documents, answer: str, method: str = "samkv", **params: Any

@@ -1,8 +1,8 @@
-"""Answering a prepared request: prefill the question, decode token by token, score an answer.
+"""Answering a prepared request: decode token by token, score an answer.
 
 Every entry point of the engine composes the same small steps, as a plain pipeline:
-`Engine.prepare` (plan and assemble the cache) → `prefill` (the question) → `decode` (sampled
-tokens) or `score` (an answer, teacher-forced). `GenerationStream` only turns the tokens of an
+`Engine.prepare` (plan, and assemble the cache with the question in the same pass) → `decode`
+(sampled tokens) or `score` (an answer, teacher-forced, over a cache without the question). `GenerationStream` only turns the tokens of an
 `Answering` into text as they arrive.
 """
 
@@ -40,16 +40,6 @@ class Generation:
     kept_indices: list[int] = field(default_factory=list)  # context tokens in the decoding cache
     kept_per_document: list[list[int]] = field(default_factory=list)
     recomputed_per_document: list[list[int]] = field(default_factory=list)
-
-
-@torch.inference_mode()
-def prefill(ops: ModelOps, prepared: Prepared) -> torch.Tensor:
-    """Runs the question over the prepared cache; returns the logits [1, vocab] of its last token."""
-    request = prepared.request
-    with prepared.clock.stage("prefill"):
-        q_len = int(request.question_ids.numel())
-        positions = request.layout.question_start + torch.arange(q_len)
-        return forward_tokens(ops, prepared.cache, request.question_ids, positions)
 
 
 @torch.inference_mode()
@@ -111,10 +101,11 @@ class Answering:
         started = time.perf_counter()
         q_len = int(request.question_ids.numel())
         scored = 0 if self.answer_ids is None else int(self.answer_ids.numel())
-        prepared = engine.prepare(request, extra=q_len + max(self.max_new_tokens, scored))
+        prepared = engine.prepare(request, extra=max(self.max_new_tokens, scored), question=True)
         self.prepared = prepared
-        assembled_length = prepared.cache.length
-        logits = prefill(engine.ops, prepared)
+        context_length = prepared.cache.length - q_len
+        logits = prepared.logits
+        assert logits is not None  # set whenever the question is assembled
         decode_bytes = prepared.cache.used_bytes
         first_token_at = None
         generated = 0
@@ -129,8 +120,9 @@ class Answering:
         first_token_at = first_token_at or finished
         self.stats = _stats(prepared, started, first_token_at, finished, generated, decode_bytes)
         if self.answer_ids is not None:
-            # Scored after the clock stops, over the same assembled cache, so timing is unaffected.
-            prepared.cache.length = assembled_length
+            # Scored after the clock stops, over the same assembled context (the question is run
+            # again, with the answer), so timing is unaffected.
+            prepared.cache.length = context_length
             self.answer_logprob = score(engine.ops, prepared.cache, request, self.answer_ids)
 
 

@@ -27,7 +27,7 @@ class Request:
 
 @dataclass
 class Prepared:
-    """The decoding cache [P ; kept context] that `Engine.prepare` assembled for a request."""
+    """The decoding cache [P ; kept context (; question)] that `Engine.prepare` assembled for a request."""
 
     request: Request
     cache: KVCache
@@ -36,6 +36,7 @@ class Prepared:
     keep: torch.Tensor  # [K] sorted context indices kept (by any KV head)
     recomputed: torch.Tensor  # [R] sorted context indices recomputed through the last layer
     cached_tokens: int  # context entries per layer and KV head in the cache
+    logits: torch.Tensor | None = None  # [1, vocab] of the question's last token, when it was assembled
 
     @property
     def kept_per_document(self) -> list[list[int]]:

@@ -9,7 +9,8 @@ from contextlib import contextmanager
 from samkv.document import DocumentMeta, DocumentSource, LayerKV
 
 # Every generation's stats carry each of these, in milliseconds (0 for a stage that did not run).
-STAGES = ("load", "probe", "select", "assemble", "prefill")
+# The question runs inside "assemble" (samkv.assembly), so it has no stage of its own.
+STAGES = ("load", "probe", "select", "assemble")
 
 
 class StageClock:

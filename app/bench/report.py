@@ -25,6 +25,7 @@ COLUMNS = [
 
 
 # Stage times in the order a request passes through them; other `*_ms` keys follow by name.
+# "prefill_ms" is in records from before the question was assembled with the context (samkv.assembly).
 STAGES = ("open_ms", "load_ms", "probe_ms", "select_ms", "assemble_ms", "prefill_ms", "ttft_ms", "total_ms")
 
 

@@ -44,7 +44,9 @@ def _cell(value: Any, fmt: str) -> str:
 
 def sweep_table(rows: list[dict[str, Any]]) -> str:
     """Markdown: per length and method, quality, time to first token and its stages (ms, median)."""
-    stages = [s.removesuffix("_ms") for s in SWEEP_STAGES]
+    # Only the stages the records hold: earlier runs timed the question's prefill on its own.
+    present = [s for s in SWEEP_STAGES if any(s in (row.get("stage_ms_median") or {}) for row in rows)]
+    stages = [s.removesuffix("_ms") for s in present]
     lines = ["| context asked | context tokens | method | n | EM | TTFT ms p50 | TTFT / full | "
              + " | ".join(stages) + " |",
              "|" + "|".join("---" for _ in range(7 + len(stages))) + "|"]
@@ -53,7 +55,7 @@ def sweep_table(rows: list[dict[str, Any]]) -> str:
         cells = [str(row["context_target"]), _cell(row["context_tokens"], "{:.0f}"), row["label"],
                  str(row["questions"]), _cell(row["exact_match"], "{:.1f}"), _cell(row["ttft_ms_median"], "{:.0f}"),
                  _cell(row.get("ttft_share_of_full"), "{:.2f}")]
-        cells += [_cell(stage_ms.get(stage), "{:.0f}") for stage in SWEEP_STAGES]
+        cells += [_cell(stage_ms.get(stage), "{:.0f}") for stage in present]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -58,9 +58,9 @@ def test_a_small_sweep_writes_one_row_per_method_and_length(tmp_path, capsys):
     assert len(records) == len(lengths) * len(labels)
     for record in records:
         assert abs(record["context_tokens"] - record["context_target"]) <= 0.1 * record["context_target"]
-        assert {"open_ms", "load_ms", "assemble_ms", "prefill_ms", "ttft_ms"} <= record.keys()
+        assert {"open_ms", "load_ms", "assemble_ms", "ttft_ms"} <= record.keys()
     table = (out / "sweep.md").read_text()
-    assert table.count("| 600 |") == len(labels) and "prefill" in table
+    assert table.count("| 600 |") == len(labels) and "assemble" in table
     assert "600 tokens: TTFT / full: naive" in captured.out
     assert (out / "sweep.png").stat().st_size > 0
 

@@ -60,7 +60,7 @@ def _assembled(engine, docs, plan: Plan):
     ids = torch.cat([d.token_ids for d in docs])
     meter = KVMeter()
     cache = engine.new_cache(engine.prefix_len + plan.cached_tokens, meter)
-    recomputed = assemble(engine.ops, engine.prefix, InMemorySource(docs), layout, ids, plan, cache, meter)
+    recomputed = assemble(engine.ops, engine.prefix, InMemorySource(docs), layout, ids, plan, cache, meter).recomputed
     return cache, recomputed, layout
 
 

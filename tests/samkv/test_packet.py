@@ -39,7 +39,7 @@ class ConstructedEvidence:
 
     def probe(self, layers, with_complement, summary_window):
         zeros = torch.zeros_like(self.question)
-        return ProbeScores(self.question, zeros, zeros, zeros)
+        return ProbeScores(self.question, zeros, zeros)
 
     def reprobe(self, kept, layers):
         return self.question

@@ -34,7 +34,7 @@ class ConstructedEvidence:
 
     def probe(self, layers, with_complement, summary_window):
         zeros = torch.zeros_like(self.question)
-        return ProbeScores(self.question, zeros, zeros, zeros)
+        return ProbeScores(self.question, zeros, zeros)
 
     def reprobe(self, kept, layers):
         return torch.zeros_like(self.question)

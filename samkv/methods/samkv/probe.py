@@ -27,7 +27,6 @@ class ProbeScores:
 
     question: torch.Tensor  # attention share, one softmax over all contexts together
     neutral: torch.Tensor  # the same for the neutral probe
-    question_local: torch.Tensor  # attention share normalised within each context
     complement: torch.Tensor  # attention of the *other* contexts' summary queries
 
 
@@ -71,20 +70,17 @@ def run_probe(context: PlanContext, layers: range, with_complement: bool, summar
     probe_of = torch.cat([torch.zeros(tq, dtype=torch.long), torch.ones(tn, dtype=torch.long)])
     own = (probe_of[:, None] == probe_of[None, :]) & torch.ones(tq + tn, tq + tn, dtype=torch.bool).tril()
     mask = torch.cat([torch.ones(tq + tn, P + N, dtype=torch.bool), own], dim=1)
-    doc_of = layout.doc_of.to(ops.device)
-    totals = {name: torch.zeros(N, device=ops.device) for name in ("question", "neutral", "local")}
+    totals = {name: torch.zeros(N, device=ops.device) for name in ("question", "neutral")}
     complement = torch.zeros(N)
     for seen in observe(context, ids, positions, mask, max(layers, default=-1)):
         if seen.layer not in layers or not N:
             continue
         context_probs = seen.probs[:, :, P : P + N]  # [H, T, N]
-        joint = (context_probs / context_probs.sum(-1, keepdim=True).clamp_min(1e-30)).mean(0)  # [T, N]
-        totals["question"] += joint[:tq].mean(0)
-        totals["neutral"] += joint[tq:].mean(0)
-        per_doc = torch.zeros(*context_probs.shape[:2], layout.num_docs, device=ops.device)
-        per_doc.index_add_(2, doc_of, context_probs)
-        local = context_probs / per_doc[:, :, doc_of].clamp_min(1e-30)
-        totals["local"] += local[:, :tq].mean((0, 1))
+        # Each head and probe token's attention renormalised over the context, then averaged over
+        # heads and the probe's tokens: one weighted sum, without an [H, T, N] temporary.
+        weights = 1.0 / (context_probs.sum(-1).clamp_min(1e-30) * context_probs.shape[0])  # [H, T]
+        totals["question"] += torch.einsum("htn,ht->n", context_probs[:, :tq], weights[:, :tq] / tq)
+        totals["neutral"] += torch.einsum("htn,ht->n", context_probs[:, tq:], weights[:, tq:] / tn)
         if with_complement:
             summaries = [part.summary_queries[:, -summary_window:] for part in seen.parts]
             complement += _summary_attention(ops, layout, seen.keys, summaries)
@@ -92,6 +88,5 @@ def run_probe(context: PlanContext, layers: range, with_complement: bool, summar
     return ProbeScores(
         question=totals["question"].cpu() / count,
         neutral=totals["neutral"].cpu() / count,
-        question_local=totals["local"].cpu() / count,
         complement=complement / count,
     )
