@@ -49,5 +49,6 @@ def observe(
         keys[:, P + N :], values[:, P + N :] = ops.rope(k, positions), v
         probs = ops.attention_probs(ops.rope(q, positions), keys, mask)  # [H, T, P + N + T]
         yield Observation(layer, probs, keys, parts, q)
-        hidden = ops.finish(layer, hidden, ops.weigh_values(probs, values))
+        if layer < last_layer:  # the last layer's output feeds nothing the caller sees
+            hidden = ops.finish(layer, hidden, ops.weigh_values(probs, values))
         meter.release(keys, values)

@@ -13,7 +13,12 @@ from samkv.assembly import align_layer
 from samkv.errors import InvalidRequest
 from samkv.layout import Layout
 from samkv.methods import make_method
-from samkv.methods.samkv.entity import entity_match_scores, entity_tokens, sentence_starts
+from samkv.methods.samkv.entity import (
+    entity_match_scores,
+    entity_tokens,
+    named_contexts,
+    sentence_starts,
+)
 from samkv.methods.samkv.probe import ProbeScores
 from samkv.selection import block_index, select_blocks
 from tests.conftest import DOCUMENTS
@@ -317,3 +322,48 @@ def test_budget_holds_a_block_per_context_when_the_contexts_are_short():
     assert make_method("samkv", keep_ratio=0.15).plan_over(evidence, layout, 2).keep.numel() == 32
     floorless = make_method("samkv", keep_ratio=0.15, min_budget_blocks_per_context=0)
     assert floorless.plan_over(evidence, layout, 2).keep.numel() == 6
+
+
+class NamedEvidence(ConstructedEvidence):
+    """Constructed evidence that also says which contexts hold every name of the question."""
+
+    def __init__(self, question: torch.Tensor, match: torch.Tensor, named: torch.Tensor) -> None:
+        super().__init__(question, match)
+        self.named = named
+
+    def named_contexts(self):
+        return self.named
+
+
+def test_name_prior_moves_the_first_stage_to_the_contexts_that_name_the_subject():
+    layout = Layout.of(5, [32, 32, 32, 32])
+    # The named context scores a hair below two unnamed ones; a fourth context scores low.
+    question = torch.cat([torch.full((32,), 0.999), torch.full((32,), 1.0), torch.full((32,), 1.0), torch.zeros(32)])
+    question[:16] += 1e-4  # the named context's first block beats its second
+    named = torch.tensor([True, False, False, False])
+    params = {"keep_ratio": 16 / 128, "block_size": 16, "complement": False, "debias": "none",
+              "min_budget_blocks_per_context": 0}
+
+    def kept(prior, named):
+        method = make_method("samkv", name_prior=prior, **params)
+        return method.plan_over(NamedEvidence(question, torch.zeros(128), named), layout, 30).keep
+
+    plain = kept(0.0, named)
+    assert set(layout.doc_of[plain].tolist()) == {1}
+    assert kept(1.0, named).tolist() == list(range(16))
+    # Nothing to prefer when every context, or none, holds the names.
+    for same in (torch.ones(4, dtype=torch.bool), torch.zeros(4, dtype=torch.bool)):
+        assert torch.equal(kept(1.0, same), plain)
+
+
+def test_named_contexts_need_every_name_of_the_question(tiny_engine):
+    engine = tiny_engine("llama")
+    texts = ["Last spring Nadia Sandoval moved to Dunstad.", "Last spring Nadia Okafor moved to Marwick.",
+             "Last spring Emil Sandoval moved to Dundale."]
+    docs = engine.encode_documents(texts)
+    layout = Layout.of(engine.prefix_len, [d.length for d in docs])
+    context_ids = torch.cat([d.token_ids for d in docs])
+    question = engine.prompt.question("Where did Nadia Sandoval move to?", "")
+    assert named_contexts(engine.tokenizer, context_ids, question, layout).tolist() == [True, False, False]
+    nameless = engine.prompt.question("where did everyone move to?", "")
+    assert named_contexts(engine.tokenizer, context_ids, nameless, layout).tolist() == [True, True, True]

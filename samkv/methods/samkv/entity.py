@@ -66,6 +66,23 @@ def bridge_entities(
     return named & ~torch.isin(context_ids, question_ids)
 
 
+def named_contexts(
+    tokenizer: PreTrainedTokenizerBase, context_ids: torch.Tensor, question_ids: torch.Tensor, layout: Layout
+) -> torch.Tensor:
+    """Bool [n]: the contexts in which every name token of the question occurs (all True when
+    the question names nothing).
+
+    A context that holds only some of them (a namesake sharing a first or a last name) or none
+    is about someone or something else more likely than one that holds them all.
+    """
+    names = torch.unique(question_ids[entity_tokens(tokenizer.convert_ids_to_tokens(question_ids.tolist()))])
+    if names.numel() == 0 or layout.context_len == 0:
+        return torch.ones(layout.num_docs, dtype=torch.bool)
+    hits = (context_ids[:, None] == names[None, :]).float()  # [N, names]
+    found = torch.zeros(layout.num_docs, names.numel()).index_add_(0, layout.doc_of, hits) > 0
+    return found.all(1)
+
+
 @torch.inference_mode()
 def entity_match_scores(
     source: DocumentSource,

@@ -11,7 +11,12 @@ from typing import Protocol
 import torch
 
 from samkv.methods.base import PlanContext
-from samkv.methods.samkv.entity import bridge_entities, entity_match_scores, sentence_starts
+from samkv.methods.samkv.entity import (
+    bridge_entities,
+    entity_match_scores,
+    named_contexts,
+    sentence_starts,
+)
 from samkv.methods.samkv.packet import packet_scores
 from samkv.methods.samkv.probe import ProbeScores, run_probe
 from samkv.methods.samkv.reprobe import reprobe_scores
@@ -38,6 +43,10 @@ class Evidence(Protocol):
 
     def sentence_starts(self) -> torch.Tensor:
         """Bool [N]: the context tokens that open a sentence."""
+        ...
+
+    def named_contexts(self) -> torch.Tensor:
+        """Bool [n]: the contexts holding every name the question gives."""
         ...
 
 
@@ -71,3 +80,8 @@ class StoredEvidence:
         context = self.context
         with context.clock.stage("select"):
             return sentence_starts(context.prompt.tokenizer.convert_ids_to_tokens(context.context_ids.tolist()))
+
+    def named_contexts(self) -> torch.Tensor:
+        context = self.context
+        with context.clock.stage("select"):
+            return named_contexts(context.prompt.tokenizer, context.context_ids, context.question_ids, context.layout)

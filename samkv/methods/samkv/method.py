@@ -70,6 +70,7 @@ class SamKV(Method):
     debias_smoothing: float = 0.1
     block_size: int = 16
     sentence_blocks: bool = False  # blocks start at sentence starts (at most block_size tokens)
+    name_prior: float = 0.0  # first stage: z units off the contexts that lack a name the question gives
     pool_width: int = 1
     min_blocks_per_context: int = 0
     min_budget_blocks_per_context: int = 1
@@ -94,6 +95,8 @@ class SamKV(Method):
         require(self.complement_mode in ("summary", "packet") or self.complement_weight < 1,
                 f"complement_weight is the second stage's share of the budget in mode "
                 f"{self.complement_mode!r}; it must be below 1, got {self.complement_weight!r}")
+        require(isinstance(self.name_prior, (int, float)) and self.name_prior >= 0,
+                f"name_prior must be a number >= 0, got {self.name_prior!r}")
         require(self.debias in DEBIAS_MODES,
                 f"debias must be one of {', '.join(DEBIAS_MODES)}, got {self.debias!r}")
         require(isinstance(self.debias_smoothing, (int, float)) and self.debias_smoothing > 0,
@@ -182,7 +185,7 @@ class SamKV(Method):
         ratio = self._ratio(layout)
         first_ratio = ratio * (1 - self.complement_weight) if two_stage else ratio
         starts = evidence.sentence_starts() if self.sentence_blocks and layout.context_len else None
-        keep = self._select(scores, layout, first_ratio, starts=starts)
+        keep = self._select(self._name_prior(scores, evidence, layout), layout, first_ratio, starts=starts)
         if two_stage:
             if self.complement_mode == "reprobe":
                 second = zscore(evidence.reprobe(keep, band))
@@ -190,6 +193,17 @@ class SamKV(Method):
                 second = self._bridge_scores(scores, keep, evidence, layout, num_layers, starts)
             keep = self._select(second, layout, ratio, around=keep, starts=starts)
         return keep
+
+    def _name_prior(self, scores: torch.Tensor, evidence: Evidence, layout: Layout) -> torch.Tensor:
+        """`scores` lowered by `name_prior` in the contexts that lack a name the question gives,
+        where some context holds them all. Only the first stage sees it: the second stage looks
+        for what the question does not name (a bridge's document)."""
+        if self.name_prior <= 0 or layout.context_len == 0:
+            return scores
+        named = evidence.named_contexts()
+        if bool(named.all()) or not bool(named.any()):
+            return scores
+        return scores - self.name_prior * (~named)[layout.doc_of].to(scores.dtype)
 
     def _ratio(self, layout: Layout) -> float:
         """ρ, raised so that B holds `min_budget_blocks_per_context` blocks per context: on a few
