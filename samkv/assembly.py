@@ -45,6 +45,9 @@ class Plan:
     head_keep: torch.Tensor | None = None
     # Recomputed KV written as fuse · fresh + (1 − fuse) · stored; 1 keeps the fresh KV alone.
     fuse: float = 1.0
+    # Recomputed tokens also attend to the stored KV of earlier documents' tokens that no cache
+    # keeps (CacheBlend's view); False: only to the kept ones, as the question will.
+    sees_dropped: bool = False
 
     @property
     def cached_tokens(self) -> int:
@@ -163,6 +166,8 @@ def read_documents(layout: Layout, plan: Plan) -> list[int] | None:
     """The documents the assembly of `plan` reads: those with a token it keeps or recomputes
     (None when that is every one). A document with neither is seen by no kept token and
     copied into no cache."""
+    if plan.sees_dropped and plan.recompute.numel():
+        return None
     touched = torch.unique(layout.doc_of[torch.cat([plan.keep, plan.recompute])]).tolist()
     return None if len(touched) == len(layout.lengths) else touched
 
@@ -198,7 +203,7 @@ def assemble(
         raise ValueError("fuse must be in [0, 1], and below 1 only for a plan that reads stored KV")
     keep_slots = torch.cat([torch.arange(P), P + plan.keep]).to(ops.device)
     narrowing_at = {narrowing.layer: narrowing for narrowing in plan.narrowings}
-    shared = torch.zeros(N, dtype=torch.bool)
+    shared = torch.ones(N, dtype=torch.bool) if plan.sees_dropped else torch.zeros(N, dtype=torch.bool)
     shared[plan.keep] = True
     if plan.reads_stored:
         rows = rows[~encoded_as_seen(layout)[rows]]

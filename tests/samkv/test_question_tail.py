@@ -55,3 +55,19 @@ def test_scoring_after_an_answer_reads_the_context_without_the_question(tiny_eng
     streamed = engine.generate(QUESTION, docs, "samkv", max_new_tokens=4, score_answer="4471", keep_ratio=0.3)
     alone = engine.answer_logprob(QUESTION, docs, "4471", "samkv", keep_ratio=0.3)
     assert streamed.answer_logprob == pytest.approx(alone, abs=1e-5)
+
+
+def test_seeing_dropped_tokens_changes_the_recompute_and_not_the_selection(tiny_engine):
+    """`see_dropped` lets the recomputed tokens attend to the stored KV of what no cache keeps:
+    the same tokens kept, other KV; with every token kept there is nothing dropped to see."""
+    engine = tiny_engine("qwen2")
+    docs = engine.encode_documents(DOCUMENTS)
+
+    def prepared(**params):
+        return engine.prepare(engine.request(QUESTION, docs, "samkv", params), extra=0, question=True)
+
+    kept_only, seeing = prepared(keep_ratio=0.3), prepared(keep_ratio=0.3, see_dropped=True)
+    assert torch.equal(kept_only.keep, seeing.keep)
+    assert not torch.allclose(kept_only.logits, seeing.logits, atol=1e-4)
+    every, every_seeing = prepared(keep_ratio=1.0), prepared(keep_ratio=1.0, see_dropped=True)
+    assert torch.allclose(every.logits, every_seeing.logits, atol=1e-5)

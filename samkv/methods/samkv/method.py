@@ -70,6 +70,7 @@ class SamKV(Method):
     debias_smoothing: float = 0.1
     block_size: int = 16
     sentence_blocks: bool = False  # blocks start at sentence starts (at most block_size tokens)
+    see_dropped: bool = False  # the recompute attends to dropped tokens' stored KV too
     name_prior: float = 0.0  # first stage: z units off the contexts that lack a name the question gives
     pool_width: int = 1
     min_blocks_per_context: int = 0
@@ -158,7 +159,8 @@ class SamKV(Method):
             keep = self._packet_select(evidence, layout, num_layers)
         else:
             keep = self._probe_select(evidence, layout, num_layers)
-        return Plan(keep=keep, recompute=keep if self.recompute else nothing(), fuse=self.fuse_weight)
+        return Plan(keep=keep, recompute=keep if self.recompute else nothing(), fuse=self.fuse_weight,
+                    sees_dropped=self.see_dropped)
 
     def _packet_select(self, evidence: Evidence, layout: Layout, num_layers: int) -> torch.Tensor:
         if layout.context_len == 0:
