@@ -100,9 +100,14 @@ class ModelOps:
         x = block.input_layernorm(hidden)  # [T, hidden]
         tokens = x.shape[0]
         shape = self.shape
-        q = attn.q_proj(x).view(tokens, shape.num_heads, shape.head_dim).transpose(0, 1)
-        k = attn.k_proj(x).view(tokens, shape.num_kv_heads, shape.head_dim).transpose(0, 1)
-        v = attn.v_proj(x).view(tokens, shape.num_kv_heads, shape.head_dim).transpose(0, 1)
+        stacked = getattr(attn, "qkv_proj", None)  # int8 weights stack the three (samkv.quantize)
+        if stacked is not None:
+            q, k, v = stacked(x).split(stacked.split_sizes, dim=-1)
+        else:
+            q, k, v = attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)
+        q = q.view(tokens, shape.num_heads, shape.head_dim).transpose(0, 1)
+        k = k.view(tokens, shape.num_kv_heads, shape.head_dim).transpose(0, 1)
+        v = v.view(tokens, shape.num_kv_heads, shape.head_dim).transpose(0, 1)
         return q, k, v
 
     def attend(

@@ -29,18 +29,34 @@ PACKED_MAX_ROWS = 64
 
 
 class Int8Linear(nn.Module):
-    """A linear layer whose weight is int8 with one scale per output feature."""
+    """A linear layer whose weight is int8 with one scale per output feature.
 
-    def __init__(self, linear: nn.Linear) -> None:
+    Built from one or more linear layers over the same input, stacked along the output: one
+    call of the kernel computes all of them (`split_sizes` says where each one's outputs are).
+    A stacked row is quantised exactly as it would be alone, since every scale is its own row's.
+    """
+
+    def __init__(self, *linears: nn.Linear) -> None:
         super().__init__()
-        weight = linear.weight.detach().float()  # [out, in]
+        if not linears or len({linear.in_features for linear in linears}) != 1:
+            raise ValueError("Int8Linear stacks one or more linear layers with the same input size")
+        weight = torch.cat([linear.weight.detach().float() for linear in linears])  # [out, in]
         # Symmetric per-output-channel scales: 127 is the row's largest magnitude.
         scales = weight.abs().amax(dim=1).clamp_min(1e-12) / 127  # [out]
         quantized = torch.round(weight / scales[:, None]).clamp(-127, 127).to(torch.int8)
-        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.in_features, self.out_features = linears[0].in_features, int(weight.shape[0])
+        self.split_sizes = [linear.out_features for linear in linears]
         self.register_buffer("weight_int8", quantized)  # [out, in]
         self.register_buffer("scales", scales.to(torch.bfloat16))  # [out]
-        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach(), requires_grad=False)
+        biases = [linear.bias for linear in linears]
+        if all(bias is None for bias in biases):
+            self.bias = None
+        else:
+            stacked = torch.cat([
+                torch.zeros(linear.out_features, dtype=linear.weight.dtype) if bias is None else bias.detach()
+                for linear, bias in zip(linears, biases)
+            ])
+            self.bias = nn.Parameter(stacked, requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features).to(torch.bfloat16)  # [T, in]
@@ -58,23 +74,41 @@ class Int8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 weights"
 
 
-def quantize_weights(model: PreTrainedModel, weights: str) -> int:
-    """Replaces the decoder layers' linear layers and `lm_head` of `model` by `Int8Linear` when
-    `weights` is "int8" ("float" leaves the model as it is); returns the number replaced.
+class Int8MLP(nn.Module):
+    """A gated MLP (Llama, Mistral, Qwen2: down(act(gate(x)) * up(x))) with int8 weights, its
+    gate and up projections stacked into one product."""
 
+    def __init__(self, mlp: nn.Module) -> None:
+        super().__init__()
+        self.gate_up_proj = Int8Linear(mlp.gate_proj, mlp.up_proj)
+        self.down_proj = Int8Linear(mlp.down_proj)
+        self.act_fn = mlp.act_fn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up_proj(x).split(self.gate_up_proj.split_sizes, dim=-1)
+        return self.down_proj(self.act_fn(gate) * up)
+
+
+def quantize_weights(model: PreTrainedModel, weights: str) -> int:
+    """Makes the decoder layers' linear layers and `lm_head` of `model` int8 when `weights` is
+    "int8" ("float" leaves the model as it is); returns the number of int8 products per token.
+
+    Decoding one token is a long series of small products, so the projections that read the
+    same input are stacked into one: each attention's query, key and value projections become
+    its `qkv_proj` (which `samkv.layers.ModelOps` uses when present), each MLP an `Int8MLP`.
     The embeddings stay in float: `lm_head` gets its own int8 copy when the two are tied.
     """
     if weights not in WEIGHTS:
         raise ValueError(f"unknown weights {weights!r}; expected one of {', '.join(WEIGHTS)}")
     if weights == "float":
         return 0
-    targets = [
-        (parent, name, child)
-        for parent in [*model.model.layers.modules(), model]
-        for name, child in parent.named_children()
-        if isinstance(child, nn.Linear) and (parent is not model or name == "lm_head")
-    ]
-    for parent, name, child in targets:
-        setattr(parent, name, Int8Linear(child))
-    logger.info("int8 weight-only: %d linear layers quantised", len(targets))
-    return len(targets)
+    for block in model.model.layers:
+        attn = block.self_attn
+        attn.qkv_proj = Int8Linear(attn.q_proj, attn.k_proj, attn.v_proj)
+        del attn.q_proj, attn.k_proj, attn.v_proj
+        attn.o_proj = Int8Linear(attn.o_proj)
+        block.mlp = Int8MLP(block.mlp)
+    model.lm_head = Int8Linear(model.lm_head)
+    products = sum(isinstance(module, Int8Linear) for module in model.modules())
+    logger.info("int8 weight-only: %d stacked linear products", products)
+    return products
