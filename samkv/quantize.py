@@ -95,7 +95,8 @@ def quantize_weights(model: PreTrainedModel, weights: str) -> int:
 
     Decoding one token is a long series of small products, so the projections that read the
     same input are stacked into one: each attention's query, key and value projections become
-    its `qkv_proj` (which `samkv.layers.ModelOps` uses when present), each MLP an `Int8MLP`.
+    its `qkv_proj` (which `samkv.layers.ModelOps` uses when present; the engine never calls the
+    Hugging Face forward, which would look for the three), each MLP an `Int8MLP`.
     The embeddings stay in float: `lm_head` gets its own int8 copy when the two are tied.
     """
     if weights not in WEIGHTS:
