@@ -4,9 +4,7 @@ Decoding one token at a time on a CPU is bound by reading the weights: int8 weig
 quarter of float32's bytes. The product is PyTorch's own `aten._weight_int8pack_mm` (what
 gpt-fast uses for int8 weight-only decoding on the CPU), whose vectorised kernel takes
 bfloat16 activations; activations are rounded to bfloat16 on the way in, the residual stream
-stays in the model's dtype. Longer inputs (a document's encoding, a recompute, a prefill) run
-through the same kernel 64 rows at a time, which on the CPU is faster than dequantising the
-weight for one float32 product.
+stays in the model's dtype.
 
 Every row of the output depends on its own input row only (no activation scales shared across
 tokens, unlike dynamic quantisation), so a document's stored KV and a full prefill of the same
@@ -25,10 +23,9 @@ from transformers import PreTrainedModel
 logger = logging.getLogger(__name__)
 
 WEIGHTS = ("float", "int8")
-# Rows per call of the packed kernel. Measured on the 2-core CPU (896 -> 9,728 features), 64-row
-# calls beat a float32 product on the dequantised weight at every length up to 1,300 rows and
-# match a float32 GEMM from 512 rows on; one call of many rows is no faster than 64-row calls.
-PACKED_ROWS = 64
+# Above this many rows (tokens) the packed kernel is slower than a float32 GEMM on the
+# dequantised weight (a prefill, a document's encoding); both round the same way.
+PACKED_MAX_ROWS = 64
 
 
 class Int8Linear(nn.Module):
@@ -63,11 +60,8 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features).to(torch.bfloat16)  # [T, in]
-        if x.device.type == "cpu":
-            out = torch.cat([
-                torch.ops.aten._weight_int8pack_mm(part, self.weight_int8, self.scales)
-                for part in rows.split(PACKED_ROWS)
-            ])  # [T, out] bf16
+        if x.device.type == "cpu" and rows.shape[0] <= PACKED_MAX_ROWS:
+            out = torch.ops.aten._weight_int8pack_mm(rows, self.weight_int8, self.scales)  # [T, out] bf16
         else:
             # The same products in float32, rounded to bfloat16 like the packed kernel's output.
             out = (F.linear(rows.float(), self.weight_int8.float()) * self.scales.float()).to(torch.bfloat16)
