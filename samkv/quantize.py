@@ -23,8 +23,9 @@ from transformers import PreTrainedModel
 logger = logging.getLogger(__name__)
 
 WEIGHTS = ("float", "int8")
-# Above this many rows (tokens) the packed kernel is slower than a float32 GEMM on the
-# dequantised weight (a prefill, a document's encoding); both round the same way.
+# Above this many rows (tokens) the packed kernel is no faster than a float32 GEMM on the
+# dequantised weight, and far slower on a long prefill or a document's encoding
+# (scripts/int8_product_rows.py); both round the same way.
 PACKED_MAX_ROWS = 64
 
 
