@@ -102,7 +102,7 @@ class ModelOps:
         shape = self.shape
         stacked = getattr(attn, "qkv_proj", None)  # int8 weights stack the three (samkv.quantize)
         if stacked is not None:
-            q, k, v = stacked(x).split(stacked.split_sizes, dim=-1)
+            q, k, v = stacked.parts(x)
         else:
             q, k, v = attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)
         q = q.view(tokens, shape.num_heads, shape.head_dim).transpose(0, 1)

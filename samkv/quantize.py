@@ -71,6 +71,10 @@ class Int8Linear(nn.Module):
             out = out + self.bias
         return out.reshape(*x.shape[:-1], self.out_features)
 
+    def parts(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The outputs of each stacked layer, in the order they were given."""
+        return self(x).split(self.split_sizes, dim=-1)
+
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 weights"
 
@@ -86,7 +90,7 @@ class Int8MLP(nn.Module):
         self.act_fn = mlp.act_fn
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).split(self.gate_up_proj.split_sizes, dim=-1)
+        gate, up = self.gate_up_proj.parts(x)
         return self.down_proj(self.act_fn(gate) * up)
 
 

@@ -59,5 +59,6 @@ def main() -> None:
             cells = [f"{_median_ms(product, x, args.repeats):.1f}" for product in products]
             print(f"| {outputs} × {inputs} | {rows} | " + " | ".join(cells) + " |")
 
+
 if __name__ == "__main__":
     main()

@@ -35,7 +35,7 @@ def test_stacked_layers_are_quantised_and_computed_as_each_alone():
     assert torch.equal(stacked.scales, torch.cat([a.scales for a in alone]))
     for rows in (1, PACKED_MAX_ROWS + 8):
         x = torch.randn(rows, 64)
-        q, k = stacked(x).split(stacked.split_sizes, dim=-1)
+        q, k = stacked.parts(x)
         torch.testing.assert_close(q, alone[0](x), rtol=1e-2, atol=1e-3)
         torch.testing.assert_close(k, alone[1](x), rtol=1e-2, atol=1e-3)
     with pytest.raises(ValueError, match="same input size"):
