@@ -60,7 +60,10 @@ class Services:
                 weights=settings.weights,
             )
             engine = Engine(
-                loaded, self_check=settings.engine_self_check, probe_hold_bytes=settings.probe_hold_bytes
+                loaded,
+                self_check=settings.engine_self_check,
+                probe_hold_bytes=settings.probe_hold_bytes,
+                probe_weights=settings.probe_weights,
             )
         embedder = Embedder(settings.embedding_model or None, device=device)
         # Opens even when the database is unreachable: readiness then says why, and the

@@ -33,6 +33,12 @@ class Settings(BaseSettings):
         description="float: the weights in `dtype`; int8: int8 weight-only linear layers, for faster "
         "decoding on the CPU. Stored caches belong to one setting (it is part of the fingerprint).",
     )
+    probe_weights: Literal["model", "int8"] = Field(
+        "model",
+        description="What SamKV's probe (and snapkv's observation) runs on: the model's own "
+        "layers, or int8 copies of them beside the model (a quarter of the bytes per pass, "
+        "faster on the CPU); encoding, recompute and decoding keep `weights` either way.",
+    )
     probe_hold_bytes: int = Field(
         0,
         ge=0,

@@ -21,6 +21,7 @@ from samkv.layers import ModelOps
 from samkv.layout import Layout
 from samkv.methods import PlanContext, make_method
 from samkv.prompt import PromptTemplate, PromptTokenizer
+from samkv.quantize import PROBE_WEIGHTS, int8_blocks, is_int8
 from samkv.request import Prepared, Request
 from samkv.request_source import RequestSource
 from samkv.runtime import LoadedModel, load_model
@@ -56,12 +57,20 @@ class Engine:
         summary_window: int = DEFAULT_SUMMARY_WINDOW,
         self_check: bool = True,
         probe_hold_bytes: int | None = 0,
+        probe_weights: str = "model",
     ) -> None:
+        if probe_weights not in PROBE_WEIGHTS:
+            raise ValueError(f"unknown probe_weights {probe_weights!r}; expected one of {', '.join(PROBE_WEIGHTS)}")
         self.loaded = loaded
         # Stored bytes a request keeps from its probe for its assembly (see RequestSource; None:
         # no bound). Nothing by default: keeping them measured no faster and 2.5 × the peak KV.
         self.probe_hold_bytes = probe_hold_bytes
         self.ops = ModelOps(loaded.model)
+        # A method's probe only ranks tokens; it may run on int8 copies of the blocks while
+        # encoding, recompute and decoding keep the model's own weights (and the self-check).
+        self.probe_ops = self.ops
+        if probe_weights == "int8" and not is_int8(loaded.model):
+            self.probe_ops = ModelOps(loaded.model, int8_blocks(loaded.model))
         self.tokenizer = loaded.tokenizer
         self.template = PromptTemplate.for_tokenizer(self.tokenizer)
         self.prompt = PromptTokenizer(self.tokenizer, self.template)
@@ -224,7 +233,7 @@ class Engine:
     def _plan(self, request: Request, source: DocumentSource, meter: KVMeter, clock: StageClock) -> Plan:
         context = PlanContext(
             self.ops, self.prefix, source, request.layout, request.context_ids, request.question_ids,
-            self.prompt, request.answer_prefix, meter, clock,
+            self.prompt, request.answer_prefix, meter, clock, self.probe_ops,
         )
         with clock.stage("select"):
             return request.method.plan(context)

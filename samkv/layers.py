@@ -7,10 +7,12 @@ recomputed KV can be mixed per token and one layer can be processed at a time.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from transformers import PreTrainedModel
 
 # Rows of queries per attention call: bounds the mask and score memory on long contexts.
@@ -36,9 +38,12 @@ class ModelShape:
 class ModelOps:
     """Per-layer operations over a Llama / Mistral / Qwen2 causal LM."""
 
-    def __init__(self, model: PreTrainedModel) -> None:
+    def __init__(self, model: PreTrainedModel, layers: Sequence[nn.Module] | None = None) -> None:
+        """`layers` replace the model's decoder blocks (e.g. int8 copies of them, `samkv.quantize.int8_blocks`);
+        the embeddings, rotary embedding, final norm and LM head stay the model's."""
         self.model = model
         self.decoder = model.model
+        self.layers = model.model.layers if layers is None else layers
         config = model.config
         num_heads = config.num_attention_heads
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // num_heads
@@ -95,7 +100,7 @@ class ModelOps:
 
     def qkv(self, layer: int, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Queries [H, T, d], keys [KVH, T, d] (both before RoPE) and values [KVH, T, d] of a layer."""
-        block = self.decoder.layers[layer]
+        block = self.layers[layer]
         attn = block.self_attn
         x = block.input_layernorm(hidden)  # [T, hidden]
         tokens = x.shape[0]
@@ -146,7 +151,7 @@ class ModelOps:
 
     def finish(self, layer: int, hidden: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:
         """Output projection, residuals and MLP: the layer's output hidden states [T, hidden]."""
-        block = self.decoder.layers[layer]
+        block = self.layers[layer]
         hidden = hidden + block.self_attn.o_proj(attn_out)
         return hidden + block.mlp(block.post_attention_layernorm(hidden))
 

@@ -23,6 +23,8 @@ from transformers import PreTrainedModel
 logger = logging.getLogger(__name__)
 
 WEIGHTS = ("float", "int8")
+# What a method's probe runs on: the model's own blocks, or int8 copies of them (int8_blocks).
+PROBE_WEIGHTS = ("model", "int8")
 # Above this many rows (tokens) the packed kernel is no faster than a float32 GEMM on the
 # dequantised weight, and far slower on a long prefill or a document's encoding
 # (scripts/int8_product_rows.py); both round the same way.
@@ -110,11 +112,42 @@ def quantize_weights(model: PreTrainedModel, weights: str) -> int:
         return 0
     for block in model.model.layers:
         attn = block.self_attn
-        attn.qkv_proj = Int8Linear(attn.q_proj, attn.k_proj, attn.v_proj)
+        attn.qkv_proj, attn.o_proj = _int8_attention(attn)
         del attn.q_proj, attn.k_proj, attn.v_proj
-        attn.o_proj = Int8Linear(attn.o_proj)
         block.mlp = Int8MLP(block.mlp)
     model.lm_head = Int8Linear(model.lm_head)
     products = sum(isinstance(module, Int8Linear) for module in model.modules())
     logger.info("int8 weight-only: %d stacked linear products", products)
     return products
+
+
+def is_int8(model: PreTrainedModel) -> bool:
+    """Whether `quantize_weights` made the model's linear layers int8."""
+    return any(isinstance(module, Int8Linear) for module in model.model.layers.modules())
+
+
+def _int8_attention(attn: nn.Module) -> tuple[Int8Linear, Int8Linear]:
+    """The stacked query/key/value product and the output product of an attention, in int8."""
+    return Int8Linear(attn.q_proj, attn.k_proj, attn.v_proj), Int8Linear(attn.o_proj)
+
+
+class Int8Block(nn.Module):
+    """An int8 copy of a float decoder block, beside it: the same norms (shared, not copied),
+    its linear layers as `quantize_weights` would make them. The block itself is unchanged."""
+
+    def __init__(self, block: nn.Module) -> None:
+        super().__init__()
+        self.input_layernorm = block.input_layernorm
+        self.post_attention_layernorm = block.post_attention_layernorm
+        self.self_attn = nn.Module()
+        self.self_attn.qkv_proj, self.self_attn.o_proj = _int8_attention(block.self_attn)
+        self.mlp = Int8MLP(block.mlp)
+
+
+def int8_blocks(model: PreTrainedModel) -> nn.ModuleList:
+    """Int8 copies of a float model's decoder blocks, for passes whose output is only looked at
+    (a method's probe): they read a quarter of the bytes, and the model's own blocks, which
+    encode, recompute and decode, stay as they are."""
+    if is_int8(model):
+        raise ValueError("the model's linear layers are int8 already")
+    return nn.ModuleList(Int8Block(block) for block in model.model.layers)

@@ -84,11 +84,14 @@ def add_model_arguments(parser: argparse.ArgumentParser, model: str = DEFAULT_MO
 
 
 def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
-    """The engine's settings a run may change: its weights and what a request keeps between passes."""
-    from samkv.quantize import WEIGHTS
+    """The engine's settings a run may change: its weights, its probe's, and what a request keeps
+    between passes."""
+    from samkv.quantize import PROBE_WEIGHTS, WEIGHTS
 
     parser.add_argument("--weights", choices=WEIGHTS, default="float",
                         help="int8: int8 weight-only linear layers (SAMKV_WEIGHTS)")
+    parser.add_argument("--probe-weights", choices=PROBE_WEIGHTS, default="model",
+                        help="int8: probes run on int8 copies of the layers (SAMKV_PROBE_WEIGHTS)")
     parser.add_argument("--probe-hold-bytes", type=int, default=0,
                         help="stored KV bytes a request keeps from its probe for its assembly "
                              "(SAMKV_PROBE_HOLD_BYTES); 0, the default, keeps nothing")
@@ -96,9 +99,10 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load_engine(args: argparse.Namespace, weights: str):
     """The self-checked engine of the model flags (add_model_arguments) with `weights`
-    ("float" or "int8", samkv.quantize) and, where given, --probe-hold-bytes."""
+    ("float" or "int8", samkv.quantize) and, where given, --probe-weights and --probe-hold-bytes."""
     from samkv import Engine
     from samkv.runtime import load_model
 
     loaded = load_model(args.model or None, device=args.device, dtype=args.dtype, weights=weights)
-    return Engine(loaded, probe_hold_bytes=getattr(args, "probe_hold_bytes", 0))
+    return Engine(loaded, probe_hold_bytes=getattr(args, "probe_hold_bytes", 0),
+                  probe_weights=getattr(args, "probe_weights", "model"))

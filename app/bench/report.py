@@ -119,7 +119,9 @@ def write_report(out: Path, rows: list[dict[str, Any]], records: list[dict[str, 
     setup = (
         f"{meta.get('questions')} questions ({meta.get('split', 'scratch')} split, seed {meta.get('seed')}), "
         f"{meta.get('docs')} documents each, ~{meta.get('doc_tokens')} tokens per document; model "
-        f"{meta.get('model')}, device {meta.get('device')}, dtype {meta.get('dtype')}, caches loaded from the "
+        f"{meta.get('model')} ({meta.get('weights', 'float')} weights, probes on "
+        f"{meta.get('probe_weights', 'model')} weights), device {meta.get('device')}, dtype {meta.get('dtype')}, "
+        "caches loaded from the "
         f"{meta.get('cache_tier')} tier ({meta.get('cache_state')}); answers cut after their first sentence, "
         f"at most {meta.get('max_new_tokens')} new tokens.\n"
     )

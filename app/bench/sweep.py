@@ -136,7 +136,7 @@ def run(args: argparse.Namespace, command_line: str | None = None) -> int:
     meta = {
         "command": command_line or "samkv-rag bench-sweep " + shlex.join(sys.argv[2:]),
         "context_tokens": list(plan), "skipped": skipped, "questions": len(base), "docs": args.docs,
-        "doc_tokens": args.doc_tokens, "model": args.model, "weights": args.weights, "device": str(engine.device),
+        "doc_tokens": args.doc_tokens, "model": args.model, "weights": args.weights, "probe_weights": args.probe_weights, "device": str(engine.device),
         "dtype": str(engine.dtype), "cache_tier": args.cache_tier, "cache_state": cache_state, "split": split,
         "seed": seed, "max_new_tokens": args.max_new_tokens, "prose": args.prose,
     }
