@@ -1,5 +1,5 @@
-"""Parts of the service that need no models: admission, compose file (the job queue's own
-tests are in tests/reliability/test_job_queue.py)."""
+"""Parts of the service: admission, compose file, the sample collection, a setting's way to the
+engine (the job queue's own tests are in tests/reliability/test_job_queue.py)."""
 
 from __future__ import annotations
 
@@ -75,5 +75,26 @@ def test_sample_collection_is_ingested_once(tmp_path, embedded_engine):
         assert job.status == "done", job.error
         assert len(services.retrieval.list_documents()) == len(list(SAMPLE_COLLECTION.iterdir())) >= 6
         assert services.ingest_sample_collection() is None
+    finally:
+        services.close()
+
+
+def test_the_probe_weights_setting_reaches_the_engine(tmp_path, monkeypatch):
+    from pydantic import ValidationError
+
+    from app.services import Services
+    from app.settings import Settings
+
+    monkeypatch.setenv("SAMKV_PROBE_WEIGHTS", "int4")
+    with pytest.raises(ValidationError, match="probe_weights"):
+        Settings(data_dir=tmp_path)
+    monkeypatch.setenv("SAMKV_PROBE_WEIGHTS", "int8")
+    settings = Settings(data_dir=tmp_path, model="smollm2-135m-instruct", engine_self_check=False)
+    assert settings.probe_weights == "int8"
+    services = Services.load(settings, AppMetrics(CollectorRegistry()))
+    try:
+        engine = services.engine
+        assert engine.probe_ops is not engine.ops
+        assert engine.probe_ops.layers is not engine.ops.layers
     finally:
         services.close()
