@@ -108,6 +108,11 @@ def stage_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def weights_phrase(meta: dict[str, Any]) -> str:
+    """The weights a run's engine ran on, as its report's setup line says them."""
+    return f"{meta.get('weights', 'float')} weights, probes on {meta.get('probe_weights', 'model')} weights"
+
+
 def write_report(out: Path, rows: list[dict[str, Any]], records: list[dict[str, Any]], meta: dict[str, Any]) -> list[Path]:
     """Writes results.json, results.md, records.jsonl and the PNG plots; returns the files written."""
     out.mkdir(parents=True, exist_ok=True)
@@ -119,8 +124,7 @@ def write_report(out: Path, rows: list[dict[str, Any]], records: list[dict[str, 
     setup = (
         f"{meta.get('questions')} questions ({meta.get('split', 'scratch')} split, seed {meta.get('seed')}), "
         f"{meta.get('docs')} documents each, ~{meta.get('doc_tokens')} tokens per document; model "
-        f"{meta.get('model')} ({meta.get('weights', 'float')} weights, probes on "
-        f"{meta.get('probe_weights', 'model')} weights), device {meta.get('device')}, dtype {meta.get('dtype')}, "
+        f"{meta.get('model')} ({weights_phrase(meta)}), device {meta.get('device')}, dtype {meta.get('dtype')}, "
         "caches loaded from the "
         f"{meta.get('cache_tier')} tier ({meta.get('cache_state')}); answers cut after their first sentence, "
         f"at most {meta.get('max_new_tokens')} new tokens.\n"

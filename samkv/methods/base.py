@@ -36,17 +36,13 @@ class PlanContext:
     answer_prefix: str
     meter: KVMeter
     clock: StageClock
-    probe_ops: ModelOps | None = None  # the layers of passes that only look (None: `ops`'s)
+    # What a method's probe runs on: `ops` itself, or the same model with int8 copies of its
+    # decoder blocks (the engine's `probe_weights`), whose outputs only decide a plan.
+    probe_ops: ModelOps
 
     @property
     def num_layers(self) -> int:
         return self.ops.shape.num_layers
-
-    @property
-    def looking_ops(self) -> ModelOps:
-        """The ops a method's probe runs on: `ops` itself, or the same model with int8 copies of
-        its decoder blocks (the engine's `probe_weights`), whose outputs only decide a plan."""
-        return self.probe_ops or self.ops
 
 
 class Method(ABC):

@@ -3,7 +3,7 @@
 The tokens (a question, a probe) attend over [P ; D_1 … D_n] as stored, aligned to their
 prompt positions and not recomputed; at each layer the caller sees the attention probabilities
 before the tokens' hidden states move on to the next layer. The tokens' own projections and MLPs
-run on the context's `looking_ops` (the engine's `probe_weights`).
+run on the context's `probe_ops` (the engine's `probe_weights`).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def observe(
 
     Layers past the last one the caller needs cannot change what it sees, so the pass stops there.
     """
-    ops, layout, meter = context.looking_ops, context.layout, context.meter
+    ops, layout, meter = context.probe_ops, context.layout, context.meter
     P, N, T = layout.prefix_len, layout.context_len, int(token_ids.shape[0])
     positions = positions.to(ops.device)
     mask = mask.to(ops.device)

@@ -21,7 +21,7 @@ def _scores(engine, docs, sink=2, local=3):
     request = engine.request(QUESTION, docs, "samkv")
     context = PlanContext(
         engine.ops, engine.prefix, request.source, request.layout, request.context_ids, request.question_ids,
-        engine.prompt, request.answer_prefix, KVMeter(), StageClock(),
+        engine.prompt, request.answer_prefix, KVMeter(), StageClock(), engine.probe_ops,
     )
     return request.layout, packet_scores(context, sink, local, range(1, 3), 8)
 

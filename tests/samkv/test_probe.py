@@ -48,7 +48,7 @@ def test_both_probes_score_as_if_each_ran_alone(tiny_engine, family):
     request = engine.request(QUESTION, docs, "samkv")
     context = PlanContext(
         engine.ops, engine.prefix, request.source, request.layout, request.context_ids, request.question_ids,
-        engine.prompt, request.answer_prefix, KVMeter(), StageClock(),
+        engine.prompt, request.answer_prefix, KVMeter(), StageClock(), engine.probe_ops,
     )
     layers = range(1, 3)
     probe = run_probe(context, layers, False, 8)

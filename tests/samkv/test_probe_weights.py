@@ -57,7 +57,7 @@ def test_the_int8_probe_ranks_as_the_float_probe_and_changes_no_cache(embedded_e
     full_int8_probe = engine.generate(QUESTION, docs, "full", max_new_tokens=8)
     assert full_int8_probe.token_ids == full_float.token_ids
 
-    exact, looked = _probe(engine, docs, None), _probe(engine, docs, engine.probe_ops)
+    exact, looked = _probe(engine, docs, engine.ops), _probe(engine, docs, engine.probe_ops)
     budget = max(1, int(0.15 * exact.question.numel()))
     # The other documents' summary queries were stored at encoding: no probe layer computes them.
     assert torch.equal(exact.complement, looked.complement)
@@ -71,6 +71,11 @@ def test_the_int8_probe_ranks_as_the_float_probe_and_changes_no_cache(embedded_e
     assert out.text.strip() and out.stats["probe_ms"] > 0
 
 
-def test_an_int8_model_probes_on_its_own_layers_and_unknown_probe_weights_are_refused(embedded_engine):
+def test_an_int8_model_probes_on_its_own_layers_and_unknown_probe_weights_are_refused(
+    embedded_engine, tiny_checkpoint
+):
+    int8_engine = Engine(load_model(tiny_checkpoint("qwen2"), device="cpu", weights="int8"),
+                         probe_weights="int8", self_check=False)
+    assert int8_engine.probe_ops is int8_engine.ops
     with pytest.raises(ValueError, match="unknown probe_weights 'int4'"):
         Engine(embedded_engine.loaded, probe_weights="int4", self_check=False)
