@@ -77,43 +77,47 @@ class DocumentAttention:
 
     A token of document i sees, causally, the prefix, the `shared` context tokens (bool [N]) of
     earlier documents and every token of its own document; so in SamKV the tokens dropped from
-    other documents stay invisible. Gathering only those keys per document, instead of masking
-    the whole layer, keeps the cost proportional to what each token may see.
+    other documents stay invisible. Only those keys are attended per document, instead of
+    masking the whole layer, so the cost stays proportional to what each token may see. The
+    prefix and the shared tokens are gathered once per layer, in prompt order: what document i
+    sees of them is then a leading slice of that gather, joined to its own tokens.
     """
 
     def __init__(self, layout: Layout, rows: torch.Tensor, shared: torch.Tensor, device: torch.device) -> None:
         P = layout.prefix_len
-        every_shared = bool(shared.all())
-        self.parts: list[tuple[torch.Tensor, slice | torch.Tensor, torch.Tensor]] = []
+        self.every_shared = bool(shared.all())
+        shared_slots = torch.cat([torch.arange(P), P + shared.nonzero().squeeze(1)])
+        self.shared_slots = shared_slots.to(device)
+        # (rows of the document, shared slots it sees, its own slots, mask over both)
+        self.parts: list[tuple[torch.Tensor, int, slice, torch.Tensor]] = []
         row_doc = layout.doc_of[rows]
         for doc in torch.unique(row_doc).tolist():
             offset, length = int(layout.offsets[doc]), layout.lengths[doc]
-            end = P + offset + length
-            if every_shared:
-                columns: slice | torch.Tensor = slice(0, end)
-                column_pos = torch.arange(end)
-            else:
-                earlier = P + (shared[:offset].nonzero().squeeze(1))
-                columns = torch.cat([torch.arange(P), earlier, torch.arange(P + offset, end)])
-                column_pos = columns
+            own = slice(P + offset, P + offset + length)
+            seen_shared = P + offset if self.every_shared else P + int(shared[:offset].sum())
+            column_pos = torch.cat([shared_slots[:seen_shared], torch.arange(own.start, own.stop)])
             mine = (row_doc == doc).nonzero().squeeze(1)
             mask = column_pos[None, :] <= layout.positions[rows[mine]][:, None]
-            index = columns if isinstance(columns, slice) else columns.to(device)
-            self.parts.append((mine.to(device), index, mask.to(device)))
+            self.parts.append((mine.to(device), seen_shared, own, mask.to(device)))
 
     def __call__(
         self, ops: ModelOps, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, meter: KVMeter
     ) -> torch.Tensor:
         """q [H, R, d] over the layer's keys and values [KVH, |P| + N, d] -> [R, H * d]."""
         out = torch.empty(q.shape[1], q.shape[0] * q.shape[2], dtype=q.dtype, device=q.device)
-        for mine, columns, mask in self.parts:
-            seen_keys, seen_values = keys[:, columns], values[:, columns]
-            gathered = not isinstance(columns, slice)  # an index makes copies, a slice views
-            if gathered:
-                meter.hold(seen_keys, seen_values)
+        if self.every_shared:  # every earlier token is seen: each document's columns are a slice
+            for mine, _, own, mask in self.parts:
+                out[mine] = ops.attend(q[:, mine], keys[:, : own.stop], values[:, : own.stop], mask)
+            return out
+        shared_keys, shared_values = keys[:, self.shared_slots], values[:, self.shared_slots]
+        meter.hold(shared_keys, shared_values)
+        for mine, seen_shared, own, mask in self.parts:
+            seen_keys = torch.cat([shared_keys[:, :seen_shared], keys[:, own]], dim=1)
+            seen_values = torch.cat([shared_values[:, :seen_shared], values[:, own]], dim=1)
+            meter.hold(seen_keys, seen_values)
             out[mine] = ops.attend(q[:, mine], seen_keys, seen_values, mask)
-            if gathered:
-                meter.release(seen_keys, seen_values)
+            meter.release(seen_keys, seen_values)
+        meter.release(shared_keys, shared_values)
         return out
 
 
@@ -158,7 +162,7 @@ def align_layer(
         keys[:, start:end] = part.keys.to(ops.device, ops.dtype)
         values[:, start:end] = part.values.to(ops.device, ops.dtype)
     context = slice(P, P + layout.context_len)
-    keys[:, context] = ops.rope(keys[:, context], layout.positions)
+    ops.rope_(keys[:, context], layout.positions)
     return keys, values
 
 

@@ -61,20 +61,28 @@ class ModelOps:
         self.dtype = next(model.parameters()).dtype
         rope_type = getattr(self.decoder.rotary_emb, "rope_type", "default")
         self._tabled_rope = not any(kind in rope_type for kind in _CALL_DEPENDENT_ROPE)
-        # cos, sin [positions, head_dim] of positions 0 .. len - 1, grown on demand; replaced
+        # cos, sin [positions, head_dim / 2] of positions 0 .. len - 1, grown on demand; replaced
         # whole (never written in place), so a request on another thread reads a complete table.
         self._rotary_table: tuple[torch.Tensor, torch.Tensor] | None = None
+        # (positions, cos, sin) of the last positions tensor rotated to, replaced whole.
+        self._last_rotation: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     def embed(self, token_ids: torch.Tensor) -> torch.Tensor:
         """[T] ids -> [T, hidden]."""
         return self.decoder.embed_tokens(token_ids.to(self.device))
 
-    def rotary(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin of the model's own rotary embedding (scaled variants included): [T, head_dim] each.
+    def _rotation(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin [T, head_dim / 2] of the model's own rotary embedding (scaled variants
+        included) at positions [T]: the angles of one half of a vector, which the other half
+        shares (rotate-half RoPE, `_rotary_of` checks it).
 
         Every layer and pass of a request rotates to the same positions, so the angles come from
-        a table of the model's rotary embedding computed once, not recomputed per call.
+        a table of the model's rotary embedding computed once, and the rows of the last positions
+        tensor asked for are kept for the next call with that same tensor.
         """
+        last = self._last_rotation
+        if last is not None and last[0] is positions:
+            return last[1], last[2]
         if not self._tabled_rope or positions.numel() == 0:
             return self._rotary_of(positions)
         table = self._rotary_table
@@ -84,19 +92,38 @@ class ModelOps:
             table = self._rotary_of(torch.arange(size))
             self._rotary_table = table
         index = positions.to(self.device)
-        return table[0][index], table[1][index]
+        cos, sin = table[0][index], table[1][index]
+        self._last_rotation = (positions, cos, sin)
+        return cos, sin
 
     def _rotary_of(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         probe = torch.empty(0, dtype=self.dtype, device=self.device)
         cos, sin = self.decoder.rotary_emb(probe, positions.to(self.device)[None])
-        return cos[0], sin[0]
+        cos, sin = cos[0], sin[0]
+        half = cos.shape[-1] // 2
+        if not (torch.equal(cos[:, :half], cos[:, half:]) and torch.equal(sin[:, :half], sin[:, half:])):
+            raise ValueError("the model's rotary embedding does not turn both halves of a vector alike")
+        return cos[:, :half], sin[:, :half]
 
     def rope(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """Rotates x [heads, T, head_dim] to the absolute positions [T]."""
-        cos, sin = self.rotary(positions)
+        """Rotates x [heads, T, head_dim] to the absolute positions [T]; returns a new tensor."""
+        return self._rotate(x, positions, torch.empty_like(x))
+
+    def rope_(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """`rope` in place: x [heads, T, head_dim], which may be a view into a larger buffer,
+        is overwritten with its rotation and returned."""
+        return self._rotate(x, positions, x)
+
+    def _rotate(self, x: torch.Tensor, positions: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        # x·cos + (−second ; first)·sin computed per half: the same products and sums, rounded
+        # the same way, without building the swapped copy of x.
+        cos, sin = self._rotation(positions)
         half = x.shape[-1] // 2
-        rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-        return x * cos + rotated * sin
+        first, second = x[..., :half], x[..., half:]
+        first_sin, second_sin = first * sin, second * sin  # taken before `out` may overwrite x
+        torch.mul(first, cos, out=out[..., :half]).sub_(second_sin)
+        torch.mul(second, cos, out=out[..., half:]).add_(first_sin)
+        return out
 
     def qkv(self, layer: int, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Queries [H, T, d], keys [KVH, T, d] (both before RoPE) and values [KVH, T, d] of a layer."""
@@ -138,8 +165,9 @@ class ModelOps:
         heads, tokens = q.shape[0], q.shape[1]
         # Query heads h sharing KV head h // group stacked as rows: no repeated copy of the keys.
         grouped = q.float().reshape(kv_heads, (heads // kv_heads) * tokens, q.shape[2])
-        scores = torch.matmul(grouped, k.float().transpose(1, 2)) * self.scale  # [KVH, group * T, S]
-        scores = scores.view(heads, tokens, length).masked_fill(~mask, float("-inf"))
+        scores = torch.matmul(grouped, k.float().transpose(1, 2)).mul_(self.scale)  # [KVH, group * T, S]
+        # In place: a score tensor spans the whole context, and a fresh one per step costs more than the step.
+        scores = scores.view(heads, tokens, length).masked_fill_(~mask, float("-inf"))
         return torch.softmax(scores, dim=-1)
 
     def weigh_values(self, probs: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

@@ -55,3 +55,22 @@ def test_later_documents_get_the_rotation_of_their_offset(tiny_engine, family):
     shifted = engine.ops.rope(docs[-1].keys[0], torch.arange(docs[-1].length) + layout.question_start - docs[-1].length + 1)
     last = slice(layout.question_start - docs[-1].length, layout.question_start)
     assert (shifted - full_keys[:, last]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("family", ["llama", "llama-scaled-rope", "qwen2"])
+def test_rope_is_the_rotate_half_rotation_and_rope_in_place_touches_only_its_view(tiny_engine, family):
+    ops = tiny_engine(family).ops
+    heads, d = ops.shape.num_kv_heads, ops.shape.head_dim
+    generator = torch.Generator().manual_seed(0)
+    buffer = torch.randn(heads, 60, d, generator=generator)
+    before = buffer.clone()
+    for positions in (torch.randint(0, 3000, (40,), generator=generator), torch.arange(40) + 7):
+        cos, sin = ops.decoder.rotary_emb(torch.empty(0), positions[None])
+        x = before[:, 10:50]
+        expected = x * cos[0] + torch.cat((-x[..., d // 2 :], x[..., : d // 2]), dim=-1) * sin[0]
+        rotated = ops.rope(x, positions)
+        torch.testing.assert_close(rotated, expected, atol=1e-6, rtol=1e-6)
+        buffer.copy_(before)
+        assert ops.rope_(buffer[:, 10:50], positions).data_ptr() == buffer[:, 10:50].data_ptr()
+        assert torch.equal(buffer[:, 10:50], rotated)
+        assert torch.equal(buffer[:, :10], before[:, :10]) and torch.equal(buffer[:, 50:], before[:, 50:])
