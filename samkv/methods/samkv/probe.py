@@ -70,23 +70,26 @@ def run_probe(context: PlanContext, layers: range, with_complement: bool, summar
     probe_of = torch.cat([torch.zeros(tq, dtype=torch.long), torch.ones(tn, dtype=torch.long)])
     own = (probe_of[:, None] == probe_of[None, :]) & torch.ones(tq + tn, tq + tn, dtype=torch.bool).tril()
     mask = torch.cat([torch.ones(tq + tn, P + N, dtype=torch.bool), own], dim=1)
-    totals = {name: torch.zeros(N, device=ops.device) for name in ("question", "neutral")}
+    totals = torch.zeros(2, N, device=ops.device)  # question, neutral
     complement = torch.zeros(N)
     for seen in observe(context, ids, positions, mask, max(layers, default=-1)):
         if seen.layer not in layers or not N:
             continue
-        context_probs = seen.probs[:, :, P : P + N]  # [H, T, N]
+        heads = seen.probs.shape[0]
         # Each head and probe token's attention renormalised over the context, then averaged over
-        # heads and the probe's tokens: one weighted sum, without an [H, T, N] temporary.
-        weights = 1.0 / (context_probs.sum(-1).clamp_min(1e-30) * context_probs.shape[0])  # [H, T]
-        totals["question"] += torch.einsum("htn,ht->n", context_probs[:, :tq], weights[:, :tq] / tq)
-        totals["neutral"] += torch.einsum("htn,ht->n", context_probs[:, tq:], weights[:, tq:] / tn)
+        # heads and the probe's tokens: one product of the per-probe weights [2, H·T] with the
+        # contiguous probabilities [H·T, P + N + T], without an [H, T, N] temporary.
+        renormalise = 1.0 / (seen.probs[:, :, P : P + N].sum(-1).clamp_min(1e-30) * heads)  # [H, T]
+        weights = torch.zeros(2, heads, tq + tn, device=renormalise.device)
+        weights[0, :, :tq] = renormalise[:, :tq] / tq
+        weights[1, :, tq:] = renormalise[:, tq:] / tn
+        totals += (weights.view(2, -1) @ seen.probs.reshape(heads * (tq + tn), -1))[:, P : P + N]
         if with_complement:
             summaries = [part.summary_queries[:, -summary_window:] for part in seen.parts]
             complement += _summary_attention(ops, layout, seen.keys, summaries)
     count = max(1, len(layers))  # the band is validated against the model's depth
     return ProbeScores(
-        question=totals["question"].cpu() / count,
-        neutral=totals["neutral"].cpu() / count,
+        question=totals[0].cpu() / count,
+        neutral=totals[1].cpu() / count,
         complement=complement / count,
     )
