@@ -194,7 +194,8 @@ def assemble(
     the plan recomputes that see what they saw at encoding (`encoded_as_seen`) keep their stored
     KV instead. The recomputed tokens and the tail share each layer's projections and MLP (one
     matrix product for both); the tail reads the layer's cache once the kept tokens are in it,
-    which is what a separate prefill of the tail over the finished cache computes.
+    which is what a separate prefill of the tail over the finished cache computes. The last
+    layer computes the KV of every token and the output of the tail's last token only.
     """
     shape = ops.shape
     P, N = layout.prefix_len, layout.context_len
@@ -219,6 +220,9 @@ def assemble(
     tail_mask = causal_mask(tail_start, tail_len, ops.device) if tail_len > 1 else None
     documents = read_documents(layout, plan) if plan.reads_stored else None
     for layer in range(shape.num_layers):
+        # The last layer's output of a token feeds only the logits: the context tokens need just
+        # their KV there, and the tail its last token's output.
+        last = layer == shape.num_layers - 1
         if plan.reads_stored:
             parts = source.read_layer(layer, documents)
             keys, values = align_layer(ops, prefix, parts, layout, layer, documents=documents)
@@ -243,7 +247,8 @@ def assemble(
                 k = plan.fuse * k + (1.0 - plan.fuse) * keys[:, slots]
                 v = plan.fuse * v + (1.0 - plan.fuse) * values[:, slots]
             keys[:, slots], values[:, slots] = k, v
-            outputs.append(attention(ops, q, keys, values, meter))
+            if not last:
+                outputs.append(attention(ops, q, keys, values, meter))
         if plan.head_keep is None:
             cache.write_layer(layer, 0, keys[:, keep_slots], values[:, keep_slots])
         else:
@@ -253,14 +258,18 @@ def assemble(
             positions = tail.positions.to(ops.device)
             q, k = ops.rope(q_all[:, recomputing:], positions), ops.rope(k_all[:, recomputing:], positions)
             cache.write_layer(layer, tail_start, k, v_all[:, recomputing:])
-            outputs.append(ops.attend(q, *cache.layer(layer, tail_start + tail_len), tail_mask))
+            asking = slice(-1, None) if last else slice(None)
+            mask = None if tail_mask is None else tail_mask[asking]
+            outputs.append(ops.attend(q[:, asking], *cache.layer(layer, tail_start + tail_len), mask))
         if outputs:
-            hidden = ops.finish(layer, hidden, torch.cat(outputs) if len(outputs) > 1 else outputs[0])
+            hidden = ops.finish(layer, hidden[-1:] if last else hidden, torch.cat(outputs) if len(outputs) > 1 else outputs[0])
         if chosen is not None:
             chosen = chosen.sort().values
-            keeps = chosen if tail is None else torch.cat([chosen, recomputing + torch.arange(tail_len, device=chosen.device)])
-            hidden, rows = hidden[keeps.to(ops.device)], rows[chosen.cpu()]
-            attention = DocumentAttention(layout, rows, shared, ops.device)
+            rows = rows[chosen.cpu()]
+            if not last:
+                keeps = chosen if tail is None else torch.cat([chosen, recomputing + torch.arange(tail_len, device=chosen.device)])
+                hidden = hidden[keeps.to(ops.device)]
+                attention = DocumentAttention(layout, rows, shared, ops.device)
     cache.length = tail_start + tail_len
     logits = None if tail is None else ops.logits(hidden[-1:])
     return Assembled(rows, logits)

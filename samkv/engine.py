@@ -191,6 +191,8 @@ class Engine:
             record.keys.append(k)
             record.values.append(v)
             record.queries.append(q)
+            if layer == shape.num_layers - 1:  # only the KV is stored: the last output feeds nothing
+                break
             keys[:, P:], values[:, P:] = self.ops.rope(k, positions), v
             hidden = self.ops.finish(layer, hidden, attention(self.ops, self.ops.rope(q, positions), keys, values, meter))
         return record

@@ -55,6 +55,10 @@ def forward_tokens(
         q, k = ops.rope(q, positions), ops.rope(k, positions)
         cache.write_layer(layer, start, k, v)
         keys, values = cache.layer(layer, start + new)
+        if layer == ops.shape.num_layers - 1 and not all_logits and new > 1:
+            # Only the last token's output is asked for; the others' last output feeds nothing.
+            q, hidden = q[:, -1:], hidden[-1:]
+            mask = None if mask is None else mask[-1:]
         hidden = ops.finish(layer, hidden, ops.attend(q, keys, values, mask))
     cache.length = start + new
     return ops.logits(hidden if all_logits else hidden[-1:])
