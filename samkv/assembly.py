@@ -159,8 +159,9 @@ def align_layer(
     for doc, part in zip(range(len(parts)) if whole else documents, parts, strict=True):
         start = P + int(layout.offsets[doc])
         end = start + part.keys.shape[1]
-        keys[:, start:end] = part.keys.to(ops.device, ops.dtype)
-        values[:, start:end] = part.values.to(ops.device, ops.dtype)
+        # copy_ casts while it copies: no intermediate tensor in the compute dtype.
+        keys[:, start:end].copy_(part.keys)
+        values[:, start:end].copy_(part.values)
     context = slice(P, P + layout.context_len)
     ops.rope_(keys[:, context], layout.positions)
     return keys, values
