@@ -14,6 +14,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from app.bench.machine import machine
 from app.bench.options import (
     add_cache_arguments,
     add_engine_arguments,
@@ -190,7 +191,7 @@ def run(args: argparse.Namespace) -> int:
     meta = {
         "command": "samkv-rag bench " + " ".join(shlex.quote(a) for a in sys.argv[2:]),
         "questions": len(questions), "questions_planned": planned, "docs": args.docs, "doc_tokens": args.doc_tokens, "model": args.model,
-        "device": str(engine.device), "dtype": str(engine.dtype), "weights": args.weights,
+        "device": str(engine.device), "machine": machine(), "dtype": str(engine.dtype), "weights": args.weights,
         "probe_weights": args.probe_weights, "probe_hold_bytes": args.probe_hold_bytes, "cache_tier": args.cache_tier, "cache_state": cache_state,
         "split": split, "seed": seed, "answer_prefix": args.answer_prefix,
         "max_new_tokens": args.max_new_tokens, "two_hop_fraction": args.two_hop_fraction,

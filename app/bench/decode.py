@@ -19,6 +19,7 @@ from typing import Any
 from tqdm import tqdm
 
 from app.bench.command import ANSWER_PREFIX
+from app.bench.machine import machine, machine_phrase
 from app.bench.options import add_model_arguments, load_engine, method_list
 
 # Asks for a long answer, so that decoding (not the prefill) is what the speed rounds time.
@@ -100,14 +101,14 @@ def run(args: argparse.Namespace, command_line: str | None = None) -> int:
     rows = _rows(engines, speeds, self_check, records)
     table = decode_table(rows)
     meta = {"command": command_line or "samkv-rag bench-decode " + shlex.join(sys.argv[2:]),
-            "model": args.model, "device": str(reference.device), "dtype": str(reference.dtype),
+            "model": args.model, "device": str(reference.device), "machine": machine(), "dtype": str(reference.dtype),
             "rounds": args.rounds, "new_tokens": args.new_tokens, "questions": args.questions, "split": split,
             "seed": seed, "methods": args.methods, "refused": refused}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "decode.json").write_text(json.dumps({"meta": meta, "rows": rows, "speeds": speeds,
                                                       "records": records}, indent=1))
     (args.out / "decode.md").write_text(f"# Decoding: weight settings\n\n```\n{meta['command']}\n```\n\n"
-                                        f"model {args.model}, device {meta['device']}, dtype {meta['dtype']}; "
+                                        f"model {args.model}, device {meta['device']} ({machine_phrase(meta)}), dtype {meta['dtype']}; "
                                         f"{args.rounds} speed rounds of {args.new_tokens} tokens; "
                                         f"{args.questions} {split} questions (seed {seed})\n\n{table}\n")
     print(table)

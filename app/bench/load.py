@@ -26,6 +26,8 @@ from typing import Any
 import httpx
 import numpy as np
 
+from app.bench.machine import machine, machine_phrase
+
 READY_TIMEOUT_S = 900
 MAX_RETRIES = 20
 
@@ -232,7 +234,8 @@ def report(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     """results.md of a load run."""
     lines = ["# Service throughput", "", f"`{meta['command']}`", "",
              (f"Model {meta.get('model')}, {meta.get('documents')} documents, generation slots: "
-              f"{meta.get('max_concurrent_generations', 'not recorded')}, {meta.get('cpu_count')} CPUs."), "",
+              f"{meta.get('max_concurrent_generations', 'not recorded')}, {meta.get('cpu_count')} CPUs; "
+              f"{machine_phrase(meta)}."), "",
              "| method | clients | questions/min | TTFT p50 | TTFT p90 | TTFT p99 | failed | 503s |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -247,7 +250,7 @@ def run(args: argparse.Namespace) -> int:
     """Runs `samkv-rag bench-load`."""
     questions, documents = _collection(args)
     meta = {"command": "samkv-rag bench-load " + " ".join(sys.argv[2:]), "model": args.model,
-            "questions": len(questions), "documents": len(documents), "cpu_count": os.cpu_count(),
+            "questions": len(questions), "documents": len(documents), "cpu_count": os.cpu_count(), "machine": machine(),
             # The started server's generation slots; unset, the server's default for its device.
             "max_concurrent_generations": os.environ.get("SAMKV_MAX_CONCURRENT_GENERATIONS", "default")
             if not args.url else "server's own"}

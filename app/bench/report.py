@@ -13,6 +13,8 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display on servers
 import matplotlib.pyplot as plt
 
+from app.bench.machine import machine_phrase
+
 COLUMNS = [
     ("label", "method", "{}"), ("questions", "n", "{}"), ("exact_match", "EM", "{:.1f}"), ("contains_match", "contains", "{:.1f}"),
     ("f1", "F1", "{:.1f}"), ("answer_logprob", "logprob", "{:.3f}"), ("agreement_with_full", "agree", "{:.1f}"),
@@ -124,7 +126,8 @@ def write_report(out: Path, rows: list[dict[str, Any]], records: list[dict[str, 
     setup = (
         f"{meta.get('questions')} questions ({meta.get('split', 'scratch')} split, seed {meta.get('seed')}), "
         f"{meta.get('docs')} documents each, ~{meta.get('doc_tokens')} tokens per document; model "
-        f"{meta.get('model')} ({weights_phrase(meta)}), device {meta.get('device')}, dtype {meta.get('dtype')}, "
+        f"{meta.get('model')} ({weights_phrase(meta)}), device {meta.get('device')} ({machine_phrase(meta)}), "
+        f"dtype {meta.get('dtype')}, "
         "caches loaded from the "
         f"{meta.get('cache_tier')} tier ({meta.get('cache_state')}); answers cut after their first sentence, "
         f"at most {meta.get('max_new_tokens')} new tokens.\n"

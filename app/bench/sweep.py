@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from app.bench.command import ALL_METHODS, ANSWER_PREFIX, store_source_factory
 from app.bench.generator import QAGenerator, Question
+from app.bench.machine import machine
 from app.bench.options import (
     add_cache_arguments,
     add_engine_arguments,
@@ -137,6 +138,7 @@ def run(args: argparse.Namespace, command_line: str | None = None) -> int:
         "command": command_line or "samkv-rag bench-sweep " + shlex.join(sys.argv[2:]),
         "context_tokens": list(plan), "skipped": skipped, "questions": len(base), "docs": args.docs,
         "doc_tokens": args.doc_tokens, "model": args.model, "weights": args.weights, "probe_weights": args.probe_weights, "device": str(engine.device),
+        "machine": machine(),
         "dtype": str(engine.dtype), "cache_tier": args.cache_tier, "cache_state": cache_state, "split": split,
         "seed": seed, "max_new_tokens": args.max_new_tokens, "prose": args.prose,
     }

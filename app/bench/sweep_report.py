@@ -15,6 +15,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display on servers
 import matplotlib.pyplot as plt
 
+from app.bench.machine import machine_phrase
 from app.bench.report import STAGES, add_ratios, weights_phrase
 from app.bench.runner import MethodConfig
 from app.bench.summary import summarise
@@ -79,7 +80,8 @@ def write_sweep(out: Path, rows: list[dict[str, Any]], records: list[dict[str, A
         handle.writelines(json.dumps(record) + "\n" for record in records)
     setup = (f"{meta['questions']} questions ({meta['split']} split, seed {meta['seed']}), each padded with "
              f"filler documents of ~{meta['doc_tokens']} tokens to every context length asked; model "
-             f"{meta['model']} ({weights_phrase(meta)}), device {meta['device']}, dtype {meta['dtype']}, "
+             f"{meta['model']} ({weights_phrase(meta)}), device {meta['device']} ({machine_phrase(meta)}), "
+             f"dtype {meta['dtype']}, "
              f"caches loaded from the {meta['cache_tier']} tier ({meta['cache_state']}). Stage times are "
              "medians (ms); TTFT includes opening the caches (open).")
     skipped = "".join(f"\n\nSkipped: {line}" for line in meta.get("skipped", []))

@@ -6,6 +6,7 @@ import argparse
 import json
 
 import pytest
+import torch
 
 from app.bench.command import add_arguments, run, store_source_factory
 from app.bench.generator import QAGenerator
@@ -144,6 +145,8 @@ def test_the_bench_command_records_split_seed_and_a_cold_disk_tier(tiny_checkpoi
     assert run(args) == 0
     meta = json.loads((out / "results.json").read_text())["meta"]
     assert (meta["split"], meta["seed"], meta["cache_tier"], meta["cache_state"]) == ("test", 1000, "disk", "cold")
+    assert meta["machine"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert meta["machine"]["cpu"] in (out / "results.md").read_text()
     records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
     assert {r["variant"] for r in records} == {"prose", "prose+indirect-short"}
     assert "## variant: prose+indirect-short" in capsys.readouterr().out

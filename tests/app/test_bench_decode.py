@@ -27,3 +27,4 @@ def test_the_decoding_comparison_reports_every_setting(tiny_checkpoint, tmp_path
     assert all(r["agrees_with_first"] == 100 for r in report["rows"] if r["weights"] == "float")
     assert "| int8 | full |" in capsys.readouterr().out
     assert "| int8 | naive |" in (out / "decode.md").read_text()
+    assert report["meta"]["machine"]["cpu"] in (out / "decode.md").read_text()

@@ -6,6 +6,7 @@ import httpx
 import pytest
 
 from app.bench.load import ask, ratios, report, run_level, summarise
+from app.bench.machine import machine, machine_phrase
 from tests.app.conftest import API_KEY
 
 pytestmark = pytest.mark.slow
@@ -41,9 +42,10 @@ def test_concurrent_clients_are_all_answered_with_a_time_to_first_token(live_ser
         for document in documents:
             client.delete(f"/v1/documents/{document['id']}").raise_for_status()
     table = report(rows, {"command": "samkv-rag bench-load", "model": "m", "documents": 2,
-                          "max_concurrent_generations": "default", "cpu_count": 2})
+                          "max_concurrent_generations": "default", "cpu_count": 2, "machine": machine()})
     assert "| samkv | 3 |" in table and "questions/min ÷ full" in table
     assert "generation slots: default, 2 CPUs" in table
+    assert machine_phrase({"machine": machine()}) in table
 
 
 def _sse(*events: tuple[str, str]) -> bytes:

@@ -6,6 +6,7 @@ import argparse
 import json
 
 import pytest
+import torch
 
 from app.bench.facts import mentions
 from app.bench.generator import QAGenerator
@@ -51,6 +52,7 @@ def test_a_small_sweep_writes_one_row_per_method_and_length(tmp_path, capsys):
     report = json.loads((out / "sweep.json").read_text())
     assert report["meta"]["context_tokens"] == list(lengths)
     assert report["meta"]["cache_state"] == "cold"
+    assert report["meta"]["machine"]["torch_threads"] == torch.get_num_threads()
     labels = ["full", "naive", "samkv@0.15"]
     assert [(r["context_target"], r["label"]) for r in report["rows"]] == [(n, m) for n in lengths for m in labels]
     assert all(r["ttft_share_of_full"] is not None for r in report["rows"])
@@ -61,6 +63,7 @@ def test_a_small_sweep_writes_one_row_per_method_and_length(tmp_path, capsys):
         assert {"open_ms", "load_ms", "assemble_ms", "ttft_ms"} <= record.keys()
     table = (out / "sweep.md").read_text()
     assert table.count("| 600 |") == len(labels) and "assemble" in table
+    assert report["meta"]["machine"]["cpu"] in table
     assert "600 tokens: TTFT / full: naive" in captured.out
     assert (out / "sweep.png").stat().st_size > 0
 
