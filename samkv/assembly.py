@@ -78,7 +78,8 @@ class DocumentAttention:
     A token of document i sees, causally, the prefix, the `shared` context tokens (bool [N]) of
     earlier documents and every token of its own document; so in SamKV the tokens dropped from
     other documents stay invisible. Only those keys are attended per document, instead of
-    masking the whole layer, so the cost stays proportional to what each token may see. The
+    masking the whole layer, so the cost stays proportional to what each token may see: a
+    document's own keys end at its last row, since causal attention reads nothing after it. The
     prefix and the shared tokens are gathered once per layer, in prompt order: what document i
     sees of them is then a leading slice of that gather, joined to its own tokens.
     """
@@ -92,11 +93,11 @@ class DocumentAttention:
         self.parts: list[tuple[torch.Tensor, int, slice, torch.Tensor]] = []
         row_doc = layout.doc_of[rows]
         for doc in torch.unique(row_doc).tolist():
-            offset, length = int(layout.offsets[doc]), layout.lengths[doc]
-            own = slice(P + offset, P + offset + length)
+            offset = int(layout.offsets[doc])
+            mine = (row_doc == doc).nonzero().squeeze(1)
+            own = slice(P + offset, P + int(rows[mine].max()) + 1)
             seen_shared = P + offset if self.every_shared else P + int(shared[:offset].sum())
             column_pos = torch.cat([shared_slots[:seen_shared], torch.arange(own.start, own.stop)])
-            mine = (row_doc == doc).nonzero().squeeze(1)
             mask = column_pos[None, :] <= layout.positions[rows[mine]][:, None]
             self.parts.append((mine.to(device), seen_shared, own, mask.to(device)))
 

@@ -7,8 +7,10 @@ import threading
 import pytest
 import torch
 
+from samkv.assembly import DocumentAttention
 from samkv.cache import KVMeter
 from samkv.document import InMemorySource
+from samkv.layout import Layout
 from samkv.request_source import RequestSource
 from tests.conftest import DOCUMENTS
 
@@ -155,3 +157,36 @@ def test_the_meter_counts_what_is_kept_between_passes(tiny_engine, hold_bytes):
 def test_a_negative_hold_bound_is_refused():
     with pytest.raises(ValueError, match="hold_bytes"):
         RequestSource(CountingSource([]), num_layers=1, meter=KVMeter(), hold_bytes=-1)
+
+
+@pytest.mark.parametrize("every_shared", [False, True])
+def test_the_recompute_attends_to_no_key_after_its_documents_last_row(tiny_engine, monkeypatch, every_shared):
+    """Causal attention reads nothing after a document's last recomputed token, so its keys stop there."""
+    engine = tiny_engine("llama")
+    ops, shape = engine.ops, engine.ops.shape
+    P = 4
+    layout = Layout.of(P, [10, 12])
+    rows = torch.tensor([3, 5, 11, 14])  # last rows: 5 in the first document, 14 (its 5th token) in the second
+    shared = torch.ones(22, dtype=torch.bool) if every_shared else torch.zeros(22, dtype=torch.bool)
+    shared[[2, 7]] = True  # kept tokens of the first document
+    attention = DocumentAttention(layout, rows, shared, ops.device)
+    columns = []
+    original = ops.attend
+
+    def counted(q, k, v, mask):
+        columns.append(int(k.shape[1]))
+        return original(q, k, v, mask)
+
+    monkeypatch.setattr(ops, "attend", counted)
+    q = torch.randn(shape.num_heads, 4, shape.head_dim)
+    keys = torch.randn(shape.num_kv_heads, P + 22, shape.head_dim)
+    values = torch.randn_like(keys)
+    out = attention(ops, q, keys, values, KVMeter())
+    if every_shared:  # every earlier token is seen: the prompt up to the last row
+        assert columns == [P + 6, P + 15]
+    else:  # the prefix, the kept tokens before the document, its own tokens up to the last row
+        assert columns == [P + 6, P + 2 + 5]
+    # Dropping what lies after the last row changes nothing: it was masked.
+    keys[:, P + 15:] = float("nan")
+    values[:, P + 15:] = float("nan")
+    assert torch.equal(attention(ops, q, keys, values, KVMeter()), out)
