@@ -250,7 +250,9 @@ def run(args: argparse.Namespace) -> int:
     """Runs `samkv-rag bench-load`."""
     questions, documents = _collection(args)
     meta = {"command": "samkv-rag bench-load " + " ".join(sys.argv[2:]), "model": args.model,
-            "questions": len(questions), "documents": len(documents), "cpu_count": os.cpu_count(), "machine": machine(),
+            "questions": len(questions), "documents": len(documents), "cpu_count": os.cpu_count(),
+            # This process's machine, which is the server's only when it starts the server itself.
+            "machine": None if args.url else machine(),
             # The started server's generation slots; unset, the server's default for its device.
             "max_concurrent_generations": os.environ.get("SAMKV_MAX_CONCURRENT_GENERATIONS", "default")
             if not args.url else "server's own"}

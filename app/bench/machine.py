@@ -12,8 +12,6 @@ import platform
 from pathlib import Path
 from typing import Any
 
-import torch
-
 CPUINFO = Path("/proc/cpuinfo")
 
 
@@ -31,6 +29,8 @@ def cpu_model(cpuinfo: Path = CPUINFO) -> str:
 
 def machine() -> dict[str, Any]:
     """CPU model, the vector capability torch dispatches to, its threads and cores, and the GPU if any."""
+    import torch  # here, so the HTTP load driver that imports this module does not load torch
+
     return {
         "cpu": cpu_model(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
