@@ -102,3 +102,14 @@ DOCUMENTS = [
     "The vault code at the Oriel bank is 4471. Only the night manager is allowed to use it.",
     "Lake Sorrel freezes in January. Skaters gather on its northern shore every weekend.",
 ]
+
+
+def prefix_cache(engine, room: int):
+    """A KV cache holding the engine's prefix P, with room for `room` more tokens."""
+    from samkv.cache import KVMeter
+
+    cache = engine.new_cache(engine.prefix_len + room, KVMeter())
+    for layer in range(engine.ops.shape.num_layers):
+        cache.write_layer(layer, 0, *engine.prefix.layer(layer))
+    cache.length = engine.prefix_len
+    return cache

@@ -6,19 +6,15 @@ import pytest
 import torch
 
 from samkv.assembly import align_layer
-from samkv.cache import KVMeter
 from samkv.forward import Recording, forward_tokens
 from samkv.layout import Layout
-from tests.conftest import DOCUMENTS
+from tests.conftest import DOCUMENTS, prefix_cache
 
 
 def _full_prefill_keys(engine, docs):
     """Per-layer rotated keys and values of a full prefill of [P ; D_1 … D_n]."""
     ids = torch.cat([d.token_ids for d in docs])
-    cache = engine.new_cache(engine.prefix_len + ids.numel(), KVMeter())
-    for layer in range(engine.ops.shape.num_layers):
-        cache.write_layer(layer, 0, *engine.prefix.layer(layer))
-    cache.length = engine.prefix_len
+    cache = prefix_cache(engine, int(ids.numel()))
     record = Recording()
     positions = engine.prefix_len + torch.arange(ids.numel())
     forward_tokens(engine.ops, cache, ids, positions, record=record)

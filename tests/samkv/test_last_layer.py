@@ -5,9 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from samkv.cache import KVCache, KVMeter
 from samkv.forward import forward_tokens
-from tests.conftest import DOCUMENTS
+from tests.conftest import DOCUMENTS, prefix_cache
 
 QUESTION = "What is the vault code at the Oriel bank?"
 
@@ -57,14 +56,7 @@ def test_a_prefill_of_the_last_token_only_gives_the_logits_of_one_that_finishes_
     engine = tiny_engine(family)
     ids = engine.prompt.question(QUESTION, "")
     positions = engine.prefix_len + torch.arange(int(ids.numel()))
-
-    def fresh_cache() -> KVCache:
-        cache = engine.new_cache(engine.prefix_len + int(ids.numel()), KVMeter())
-        for layer in range(engine.ops.shape.num_layers):
-            cache.write_layer(layer, 0, *engine.prefix.layer(layer))
-        cache.length = engine.prefix_len
-        return cache
-
-    every = forward_tokens(engine.ops, fresh_cache(), ids, positions, all_logits=True)[-1:]
-    last_only = forward_tokens(engine.ops, fresh_cache(), ids, positions)
+    room = int(ids.numel())
+    every = forward_tokens(engine.ops, prefix_cache(engine, room), ids, positions, all_logits=True)[-1:]
+    last_only = forward_tokens(engine.ops, prefix_cache(engine, room), ids, positions)
     assert torch.allclose(last_only, every, atol=1e-5 * float(every.abs().max()))
